@@ -1,0 +1,1 @@
+"""GAIN -> SEC weakly supervised segmentation pipeline library."""

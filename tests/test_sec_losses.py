@@ -1,0 +1,288 @@
+import math
+
+import pytest
+import torch
+
+from gain.sec_losses import (
+    constrain_loss,
+    expansion_loss,
+    gwrp,
+    sec_loss,
+    sec_probs,
+    seeding_loss,
+)
+
+
+@pytest.fixture(autouse=True)
+def _single_thread():
+    # Tensors here are tiny: intra-op threads only add OpenMP barrier waits (~10 ms per op on a busy CPU).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def assert_close(
+    actual: torch.Tensor, expected: torch.Tensor, rtol: float = 1e-5, atol: float = 1e-7
+) -> None:
+    # torch.testing.assert_close costs ~1 s on first use (it imports torch.distributed.tensor).
+    assert actual.shape == expected.shape, (actual.shape, expected.shape)
+    assert torch.allclose(actual, expected, rtol=rtol, atol=atol), (actual - expected).abs().max()
+
+
+def adam_steps(params: torch.Tensor, loss_fn, steps: int, lr: float) -> None:
+    """Plain Adam (betas 0.9, 0.999) on one tensor; torch.optim's first use imports torch._dynamo (~2.5 s)."""
+    m = torch.zeros_like(params)
+    v = torch.zeros_like(params)
+    for t in range(1, steps + 1):
+        (grad,) = torch.autograd.grad(loss_fn(params), params)
+        m.mul_(0.9).add_(grad, alpha=0.1)
+        v.mul_(0.999).addcmul_(grad, grad, value=0.001)
+        step = (m / (1 - 0.9**t)) / ((v / (1 - 0.999**t)).sqrt() + 1e-8)
+        with torch.no_grad():
+            params.sub_(lr * step)
+
+
+def gwrp_reference(row: list[float], d: float) -> float:
+    ranked = sorted(row, reverse=True)
+    num = 0.0
+    den = 0.0
+    for j, v in enumerate(ranked):
+        w = d**j  # python: 0.0 ** 0 == 1.0
+        num += w * v
+        den += w
+    return num / den
+
+
+# ---------------------------------------------------------------- sec_probs
+
+
+def test_sec_probs_is_a_floored_distribution():
+    torch.manual_seed(0)
+    logits = torch.randn(2, 5, 3, 4) * 20
+    probs = sec_probs(logits, min_prob=1e-4)
+    assert probs.shape == logits.shape
+    assert_close(probs.sum(dim=1), torch.ones(2, 3, 4))
+    assert probs.min() >= 1e-4 / (1 + 5 * 1e-4) - 1e-9
+    expected = (torch.softmax(logits, dim=1) + 1e-4) / (1 + 5 * 1e-4)
+    assert_close(probs, expected)
+
+
+def test_sec_probs_floor_bounds_loss_and_scales_gradient():
+    # With the floor, d(-log f_c)/dx = -p_c / (p_c + m) * (e_c - p): bounded loss, no NaN/inf anywhere.
+    m = 1e-4
+    logits = torch.tensor([[-30.0, 30.0, 0.0], [1.0, 0.5, -0.5]]).T.reshape(1, 3, 1, 2).requires_grad_()
+    cues = torch.zeros(1, 1, 2, dtype=torch.long)
+    loss = seeding_loss(sec_probs(logits, min_prob=m), cues)
+    loss.backward()
+    assert loss.item() <= -math.log(m / (1 + 3 * m))
+    p = torch.softmax(logits.detach(), dim=1)
+    e0 = torch.tensor([1.0, 0.0, 0.0]).view(1, 3, 1, 1)
+    expected = -(p[:, :1] / (p[:, :1] + m)) * (e0 - p) / 2  # 2 cue pixels in the image
+    assert_close(logits.grad, expected)
+    assert logits.grad[0, :, 0, 0].abs().max() < 1e-10  # confidently wrong cue: saturated
+    assert logits.grad[0, 0, 0, 1] < -0.1  # ordinary cue: full softmax-CE gradient
+
+
+# ---------------------------------------------------------------- gwrp
+
+
+@pytest.mark.parametrize("d", [0.0, 0.3, 0.9, 0.996, 1.0])
+@pytest.mark.parametrize("shape", [(3, 17), (2, 4, 9)])
+def test_gwrp_matches_sorted_sum_loop(d, shape):
+    torch.manual_seed(1)
+    values = torch.rand(*shape, dtype=torch.float64)
+    got = gwrp(values, d)
+    assert got.shape == shape[:-1]
+    flat_values = values.reshape(-1, shape[-1])
+    expected = torch.tensor([gwrp_reference(row.tolist(), d) for row in flat_values], dtype=torch.float64)
+    assert_close(got.reshape(-1), expected)
+
+
+def test_gwrp_limits_are_mean_and_max():
+    torch.manual_seed(2)
+    values = torch.rand(3, 4, 50)
+    assert_close(gwrp(values, 1.0), values.mean(dim=-1))
+    assert_close(gwrp(values, 0.0), values.amax(dim=-1))
+
+
+def test_gwrp_rejects_bad_arguments():
+    with pytest.raises(ValueError, match="values"):
+        gwrp(torch.rand(5), 0.5)
+    with pytest.raises(ValueError, match="d must be"):
+        gwrp(torch.rand(2, 5), 1.5)
+
+
+# ---------------------------------------------------------------- seeding loss
+
+
+def test_seeding_loss_hand_computed_1x2x2x2():
+    p0 = torch.tensor([[0.9, 0.2], [0.5, 0.6]])
+    probs = torch.stack([p0, 1 - p0]).unsqueeze(0)  # (1, 2, 2, 2)
+    cues = torch.tensor([[[0, 1], [255, 0]]])
+    expected = -(math.log(0.9) + math.log(0.8) + math.log(0.6)) / 3
+    assert seeding_loss(probs, cues).item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_seeding_loss_ignores_unlabelled_pixels():
+    torch.manual_seed(3)
+    cues = torch.full((2, 4, 4), 255, dtype=torch.long)
+    cues[0, 0, 0], cues[0, 2, 3], cues[1, 1, 1] = 1, 0, 2
+    unlabelled = (cues == 255).unsqueeze(1).expand(-1, 3, -1, -1)
+
+    logits = torch.randn(2, 3, 4, 4, requires_grad=True)
+    loss = seeding_loss(sec_probs(logits), cues)
+    loss.backward()
+    assert torch.all(logits.grad[unlabelled] == 0)
+    assert torch.any(logits.grad[~unlabelled] != 0)
+
+    changed = logits.detach().clone()
+    changed[unlabelled] = torch.randn(int(unlabelled.sum())) * 10
+    assert seeding_loss(sec_probs(changed), cues).item() == pytest.approx(loss.item(), rel=1e-6)
+
+
+def test_seeding_loss_normalises_per_image():
+    # Image 0 has 1 cue (prob 0.2), image 1 has 100 cues (prob 0.9 each): both weigh 1/2.
+    probs = torch.full((2, 2, 10, 10), 0.5)
+    probs[0, 1, 0, 0], probs[0, 0, 0, 0] = 0.2, 0.8
+    probs[1, 1], probs[1, 0] = 0.9, 0.1
+    cues = torch.full((2, 10, 10), 255, dtype=torch.long)
+    cues[0, 0, 0] = 1
+    cues[1] = 1
+    expected = (-math.log(0.2) - math.log(0.9)) / 2
+    assert seeding_loss(probs, cues).item() == pytest.approx(expected, rel=1e-6)
+
+    # An image without cues is left out of the mean rather than counted as a zero.
+    probs3 = torch.cat([probs, torch.full((1, 2, 10, 10), 0.5)])
+    cues3 = torch.cat([cues, torch.full((1, 10, 10), 255, dtype=torch.long)])
+    assert seeding_loss(probs3, cues3).item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_seeding_loss_without_any_cue_is_connected_zero():
+    logits = torch.randn(2, 3, 4, 4, requires_grad=True)
+    loss = seeding_loss(sec_probs(logits), torch.full((2, 4, 4), 255, dtype=torch.long))
+    assert loss.item() == 0.0
+    assert loss.grad_fn is not None
+    loss.backward()
+    assert torch.all(logits.grad == 0)
+
+
+def test_seeding_loss_validates_inputs():
+    probs = torch.full((2, 3, 4, 4), 1 / 3)
+    with pytest.raises(ValueError, match=r"cues .*\(2, 4, 5\)"):
+        seeding_loss(probs, torch.zeros(2, 4, 5, dtype=torch.long))
+    with pytest.raises(ValueError, match="class indices"):
+        seeding_loss(probs, torch.full((2, 4, 4), 3, dtype=torch.long))
+    with pytest.raises(ValueError, match="integer"):
+        seeding_loss(probs, torch.zeros(2, 4, 4))
+
+
+# ---------------------------------------------------------------- expansion loss
+
+
+def test_expansion_loss_hand_computed_single_image():
+    # C = 3 (bg, fg1, fg2), 1 x 2 grid; fg1 present, fg2 absent.
+    probs = torch.tensor([[0.5, 0.2], [0.3, 0.7], [0.2, 0.1]]).view(1, 3, 1, 2)
+    labels = torch.tensor([[1.0, 0.0]])
+    g_fg1 = (0.7 + 0.5 * 0.3) / (1 + 0.5)
+    g_bg = (0.5 + 0.25 * 0.2) / (1 + 0.25)
+    expected = -math.log(g_fg1) - math.log(1 - 0.2) - math.log(g_bg)
+    got = expansion_loss(probs, labels, d_fg=0.5, d_bg=0.25)
+    assert got.item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_expansion_loss_hand_computed_batch_with_term_averaging():
+    # C = 4, 1 x 3 grid. Image 0: fg1 present, fg2 and fg3 absent. Image 1: all present (no absent term).
+    bg = [[0.6, 0.3, 0.1], [0.2, 0.1, 0.1]]
+    fg = [
+        [[0.2, 0.5, 0.1], [0.1, 0.1, 0.4], [0.1, 0.1, 0.4]],
+        [[0.6, 0.1, 0.2], [0.1, 0.7, 0.2], [0.1, 0.1, 0.5]],
+    ]
+    probs = torch.tensor([[bg[i], *fg[i]] for i in range(2)], dtype=torch.float64).view(2, 4, 1, 3)
+    labels = torch.tensor([[True, False, False], [True, True, True]])
+    d_fg, d_bg = 0.5, 0.8
+
+    def ref_image(i, present):
+        pos = [-math.log(gwrp_reference(fg[i][c], d_fg)) for c in range(3) if present[c]]
+        neg = [-math.log(1 - max(fg[i][c])) for c in range(3) if not present[c]]
+        mean = lambda xs: sum(xs) / len(xs) if xs else 0.0  # noqa: E731
+        return mean(pos) + mean(neg) - math.log(gwrp_reference(bg[i], d_bg))
+
+    expected = (ref_image(0, [1, 0, 0]) + ref_image(1, [1, 1, 1])) / 2
+    got = expansion_loss(probs, labels, d_fg=d_fg, d_bg=d_bg)
+    assert got.item() == pytest.approx(expected, rel=1e-9)
+    # Float labels give the same result as bool labels.
+    assert expansion_loss(probs, labels.double(), d_fg=d_fg, d_bg=d_bg).item() == pytest.approx(got.item())
+
+
+def test_expansion_loss_validates_labels_shape():
+    with pytest.raises(ValueError, match=r"labels .*\(2, 3\)"):
+        expansion_loss(torch.full((2, 3, 4, 4), 1 / 3), torch.ones(2, 3))
+
+
+# ---------------------------------------------------------------- constrain loss
+
+
+def test_constrain_loss_zero_at_q_positive_elsewhere_and_no_grad_to_q():
+    torch.manual_seed(4)
+    q = torch.softmax(torch.randn(2, 3, 5, 5), dim=1)
+    assert constrain_loss(q.clone(), q).item() == pytest.approx(0.0, abs=1e-6)
+
+    logits = torch.randn(2, 3, 5, 5, requires_grad=True)
+    q_grad = q.clone().requires_grad_()
+    loss = constrain_loss(sec_probs(logits), q_grad)
+    assert loss.item() > 1e-3
+    loss.backward()
+    assert q_grad.grad is None
+    assert logits.grad is not None and torch.any(logits.grad != 0)
+
+
+def test_constrain_loss_handles_zero_q_and_validates_shape():
+    q = torch.zeros(1, 3, 2, 2)
+    q[:, 0] = 1.0  # exact zeros would give 0 * log 0 without the clip
+    loss = constrain_loss(torch.full((1, 3, 2, 2), 1 / 3), q)
+    assert torch.isfinite(loss)
+    q_clipped = torch.tensor([1.0, 1e-4, 1e-4]) / (1 + 2e-4)
+    expected = float((q_clipped * torch.log(3 * q_clipped)).sum())
+    assert loss.item() == pytest.approx(expected, rel=1e-5)
+    with pytest.raises(ValueError, match=r"crf_probs .*\(1, 3, 2, 3\)"):
+        constrain_loss(torch.full((1, 3, 2, 2), 1 / 3), torch.zeros(1, 3, 2, 3))
+
+
+# ---------------------------------------------------------------- sec_loss
+
+
+def _toy_problem():
+    # Two 8x8 images, C = 3: image 0 is bg | fg1 (left/right), image 1 is bg / fg2 (top/bottom).
+    truth = torch.zeros(2, 8, 8, dtype=torch.long)
+    truth[0, :, 4:] = 1
+    truth[1, 4:, :] = 2
+    cues = torch.full_like(truth, 255)
+    cues[:, 1:3, 1:3] = truth[:, 1:3, 1:3]
+    cues[:, 5:7, 5:7] = truth[:, 5:7, 5:7]
+    labels = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    crf = torch.softmax(3.0 * torch.nn.functional.one_hot(truth, 3).permute(0, 3, 1, 2).float(), dim=1)
+    return cues, labels, crf
+
+
+def test_sec_loss_keys_and_weights():
+    torch.manual_seed(5)
+    cues, labels, crf = _toy_problem()
+    logits = torch.randn(2, 3, 8, 8)
+    out = sec_loss(logits, cues, labels, crf, weights=(1.0, 2.0, 0.5))
+    assert set(out) == {"seed", "expand", "constrain", "total"}
+    expected = out["seed"] + 2.0 * out["expand"] + 0.5 * out["constrain"]
+    assert_close(out["total"], expected)
+
+
+def test_sec_loss_optimisation_lowers_every_term():
+    torch.manual_seed(6)
+    cues, labels, crf = _toy_problem()
+    logits = (0.5 * torch.randn(2, 3, 8, 8)).requires_grad_()
+    with torch.no_grad():
+        start = sec_loss(logits, cues, labels, crf)
+    adam_steps(logits, lambda x: sec_loss(x, cues, labels, crf)["total"], steps=50, lr=0.05)
+    with torch.no_grad():
+        end = sec_loss(logits, cues, labels, crf)
+    for key in ("seed", "expand", "constrain", "total"):
+        assert end[key] < 0.75 * start[key], (key, start[key].item(), end[key].item())

@@ -1,0 +1,137 @@
+import math
+
+import numpy as np
+import pytest
+
+from gain.seeds import SeedQuality, dense_from_attention, make_cues
+
+CLASSES = [3, 7]
+# Two (2, 4) maps. Class 3 peaks at 0.8, so its foreground threshold is 0.2 * 0.8 = 0.16.
+ATTN = np.array(
+    [
+        [[0.80, 0.18, 0.00, 0.70], [0.10, 0.045, 0.00, 0.00]],  # class 3
+        [[0.00, 0.00, 0.00, 0.75], [0.04, 0.00, 0.60, 0.00]],  # class 7, max 0.75: threshold 0.15
+    ]
+)
+# Per pixel:
+#   (0,0) 0.8 > 0.16                        -> 3
+#   (0,1) 0.18 > 0.16 (relative; not > 0.2) -> 3
+#   (0,2) both 0 < 0.05                     -> background
+#   (0,3) both claim; normalised 0.7/0.8 = 0.875 vs 0.75/0.75 = 1.0 -> 7 with "max", 255 with "ignore"
+#   (1,0) class 7 is < 0.05 but class 3 (0.1) is not, and 0.1 < 0.16 -> 255
+#   (1,1) 0.045 < 0.05 absolute (normalised 0.056 would not be)     -> background
+#   (1,2) 0.6 > 0.15                        -> 7
+#   (1,3) both 0                            -> background
+CUES_MAX = [[3, 3, 0, 7], [255, 0, 7, 0]]
+CUES_IGNORE = [[3, 3, 0, 255], [255, 0, 7, 0]]
+
+
+def test_make_cues_max_rule():
+    cues = make_cues(ATTN, CLASSES, fg_threshold=0.2, bg_threshold=0.05, conflict="max")
+    assert cues.dtype == np.uint8 and cues.shape == (2, 4)
+    np.testing.assert_array_equal(cues, CUES_MAX)
+
+
+def test_make_cues_ignore_rule():
+    cues = make_cues(ATTN, CLASSES, conflict="ignore")
+    np.testing.assert_array_equal(cues, CUES_IGNORE)
+
+
+def test_make_cues_conflict_uses_normalised_not_raw_attention():
+    # Raw attention favours class 2 at (0, 0) (0.5 > 0.4) but normalised favours class 1 (1.0 > 0.5).
+    attn = np.array([[[0.4, 0.0]], [[0.5, 1.0]]])
+    np.testing.assert_array_equal(make_cues(attn, [1, 2]), [[1, 2]])
+
+
+def test_make_cues_order_follows_classes():
+    np.testing.assert_array_equal(make_cues(ATTN[::-1], CLASSES[::-1]), CUES_MAX)
+
+
+def test_make_cues_zero_map_contributes_nothing():
+    zero = np.zeros((1, 2, 4))
+    with_zero = make_cues(np.concatenate([ATTN[:1], zero]), [3, 7])
+    np.testing.assert_array_equal(with_zero, make_cues(ATTN[:1], [3]))
+    np.testing.assert_array_equal(make_cues(zero, [5]), np.zeros((2, 4)))  # all background, no nan
+
+
+def test_make_cues_no_classes_is_all_background():
+    cues = make_cues(np.zeros((0, 3, 2)), [])
+    assert cues.shape == (3, 2) and cues.dtype == np.uint8
+    assert (cues == 0).all()
+
+
+def test_make_cues_foreground_wins_over_background():
+    # A weak map (max 0.04): its peak is foreground (relative rule) though below the absolute bg threshold.
+    np.testing.assert_array_equal(make_cues(np.array([[[0.04, 0.0]]]), [5]), [[5, 0]])
+
+
+def test_make_cues_validates():
+    with pytest.raises(ValueError, match=r"'max', 'ignore'.*'maxx'"):
+        make_cues(ATTN, CLASSES, conflict="maxx")
+    with pytest.raises(ValueError, match="1 classes for 2 attention maps"):
+        make_cues(ATTN, [3])
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        make_cues(ATTN * 3, CLASSES)
+    with pytest.raises(ValueError, match="foreground"):
+        make_cues(ATTN, [0, 7])
+
+
+def test_dense_from_attention():
+    # Normalised: class 3 = ATTN[0] / 0.8, class 7 = ATTN[1] / 0.75.
+    #   (0,3) 0.875 vs 1.0 -> 7;  (1,0) 0.125 vs 0.053 -> 3;  (1,1) 0.056 >= 0.05 -> 3;  zeros -> 0.
+    dense = dense_from_attention(ATTN, CLASSES, bg_threshold=0.05)
+    assert dense.dtype == np.uint8
+    np.testing.assert_array_equal(dense, [[3, 3, 0, 7], [3, 3, 7, 0]])
+    # A higher threshold sends the weak pixels (1,0) and (1,1) to background.
+    np.testing.assert_array_equal(
+        dense_from_attention(ATTN, CLASSES, bg_threshold=0.2), [[3, 3, 0, 7], [0, 0, 7, 0]]
+    )
+    assert (dense_from_attention(np.zeros((0, 2, 2)), [], bg_threshold=0.05) == 0).all()
+
+
+# 3 classes. (1, 2) is void and carries a wrong seed that must not count.
+GT = np.array([[0, 0, 1, 1], [2, 2, 255, 1]], dtype=np.uint8)
+SEEDS = np.array([[0, 255, 1, 2], [2, 255, 1, 0]], dtype=np.uint8)
+# Non-void: 7 pixels, labeled 5: (0,0) bg ok, (0,2) 1 ok, (0,3) 2 wrong, (1,0) 2 ok, (1,3) 0 wrong.
+# Foreground gt: class 1 at (0,2), (0,3), (1,3); class 2 at (1,0), (1,1) -> 5; correctly seeded: 2.
+
+
+def check_hand_quality(out):
+    assert out["precision"] == pytest.approx(3 / 5)
+    assert out["recall"] == pytest.approx(2 / 5)
+    assert out["labeled_fraction"] == pytest.approx(5 / 7)
+    assert out["bg_precision"] == pytest.approx(1 / 2)
+    assert out["fg_precision"] == pytest.approx(2 / 3)
+    np.testing.assert_allclose(out["class_precision"], [1 / 2, 1 / 1, 1 / 2])
+    np.testing.assert_allclose(out["class_recall"], [1 / 2, 1 / 3, 1 / 2])
+    assert (out["labeled_pixels"], out["num_pixels"]) == (5, 7)
+
+
+def test_seed_quality_hand_computed():
+    sq = SeedQuality(num_classes=3)
+    sq.update(SEEDS, GT)
+    check_hand_quality(sq.compute())
+
+
+def test_seed_quality_accumulates_and_excludes_void():
+    sq = SeedQuality(num_classes=3)
+    sq.update(SEEDS[:1], GT[:1])
+    sq.update(SEEDS[1:], GT[1:])
+    sq.update(np.array([[1, 2, 0]]), np.full((1, 3), 255))  # an all-void row: no effect
+    check_hand_quality(sq.compute())
+
+
+def test_seed_quality_undefined_is_nan():
+    sq = SeedQuality(num_classes=3)
+    sq.update(np.array([[0, 255]]), np.array([[0, 1]]))
+    out = sq.compute()
+    assert math.isnan(out["fg_precision"]) and math.isnan(out["class_precision"][1])
+    assert out["recall"] == 0.0 and out["precision"] == 1.0
+
+
+def test_seed_quality_validates():
+    sq = SeedQuality(num_classes=3)
+    with pytest.raises(ValueError, match=r"\(2, 4\).*\(4, 2\)"):
+        sq.update(SEEDS, GT.reshape(4, 2))
+    with pytest.raises(ValueError, match="seeds holds label value 9"):
+        sq.update(np.full((2, 4), 9), GT)
