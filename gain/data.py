@@ -82,12 +82,15 @@ class VOCDataset(Dataset):
 
     with_masks: ids whose masks are loaded (others get an all-255 mask); None loads every mask found.
     keep_original: also return the un-resized uint8 image and mask (for evaluation at full resolution).
+    mask_root: read masks from `<mask_root>/<id>.png` instead (SEC trains on seed maps this way).
     """
 
     def __init__(self, index: DatasetIndex, ids: list[str], transform: Compose, *, seed: int = 0,
-                 with_masks: set[str] | None = None, keep_original: bool = False):
+                 with_masks: set[str] | None = None, keep_original: bool = False,
+                 mask_root: Path | None = None):
         self.index, self.ids, self.transform, self.seed = index, list(ids), transform, seed
         self.with_masks = with_masks
+        self.mask_root = mask_root
         self.keep_original = keep_original
         self.epoch = 0
 
@@ -105,7 +108,9 @@ class VOCDataset(Dataset):
         image = read_rgb(path)
         mask = None
         if self.with_masks is None or image_id in self.with_masks:
-            mp = mask_path(root, image_id)
+            mp = mask_path(root, image_id) if self.mask_root is None else self.mask_root / f"{image_id}.png"
+            if self.mask_root is not None and not mp.is_file():
+                raise FileNotFoundError(f"{mp}: seed map not found")
             if mp is not None:
                 mask = read_label_png(mp)
                 if mask.shape != image.shape[:2]:

@@ -143,7 +143,7 @@ STAGE_PARAMS: dict[str, tuple[str, ...]] = {
     "gain": ("seed", "device", "deterministic", "mlflow", "gain"),
     "seeds": ("seed", "device", "mlflow", "seeds"),
     "sec": ("seed", "device", "deterministic", "mlflow", "sec"),
-    "evaluate": ("seed", "device", "mlflow", "evaluate"),
+    "evaluate": ("seed", "device", "mlflow", "seeds", "evaluate"),
 }
 
 

@@ -152,3 +152,15 @@ def train_gain(p: GainParams, index: DatasetIndex, rt: Runtime, tracker, *, seed
                  tracker=tracker, best_key="map", desc="gain",
                  extra_state=lambda: {"params": asdict(p), "classes": list(index.classes)})
     return {"result": result, "model": unwrap(model)}
+
+
+def load_classifier(path: Path) -> tuple[Classifier, dict]:
+    """The trained classifier of a GAIN checkpoint (models/gain/best.pt) and the GAIN params it used."""
+    from gain.engine import load_checkpoint
+
+    state = load_checkpoint(path)
+    p = state["params"]
+    classifier = Classifier(p["backbone"], len(state["classes"]) - 1, weights="none")
+    prefix = "classifier."
+    classifier.load_state_dict({k[len(prefix):]: v for k, v in state["model"].items() if k.startswith(prefix)})
+    return classifier.eval(), p

@@ -158,3 +158,46 @@ class SeedQuality:
             "labeled_pixels": int(seeded_as.sum()),
             "num_pixels": int(gt_is.sum()),
         }
+
+
+def save_attention(path, attn: np.ndarray, classes: Sequence[int]) -> None:
+    """Store (K, H, W) attention maps as compressed float16 with their class indices, atomically."""
+    from gain.io import atomic_path
+
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.savez_compressed(f, attn=attn.astype(np.float16), classes=np.asarray(classes, dtype=np.int64))
+
+
+def load_attention(path) -> tuple[np.ndarray, np.ndarray]:
+    """-> (attn (K, H, W) float32, classes (K,))."""
+    with np.load(path) as z:
+        return z["attn"].astype(np.float32), z["classes"]
+
+
+def image_attention(classifier, dataset, *, device, batch_size: int, flip: bool, autocast=None):
+    """Yield (item, attn (K, H, W) float32 at the image's own resolution, classes (K,) 1-based) for every
+    image of `dataset` (a VOCDataset with keep_original=True); all classes of a batch in one pass."""
+    import torch
+    from torch.nn import functional as F
+
+    from gain.attention import attention_maps
+    from gain.data import collate
+
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate)
+    for batch in loader:
+        x = batch["image"].to(device)
+        with autocast() if autocast else _null():
+            attn, pi, pc = attention_maps(classifier, x, batch["label"].to(device), flip=flip)
+        attn = attn.float()
+        for b in range(x.shape[0]):
+            sel = (pi == b).nonzero(as_tuple=True)[0]
+            h, w = batch["orig_mask"][b].shape
+            a = F.interpolate(attn[sel][:, None], size=(h, w), mode="bilinear", align_corners=False)[:, 0]
+            item = {k: v[b] for k, v in batch.items()}
+            yield item, a.clamp(0, 1).cpu().numpy(), (pc[sel] + 1).cpu().numpy()
+
+
+def _null():
+    from contextlib import nullcontext
+
+    return nullcontext()
