@@ -77,12 +77,16 @@ class GAIN(nn.Module):
     forward(x (B,3,H,W), labels (B,C-1)) -> dict: logits (B,C-1); attn (P,h,w); pair_image, pair_class (P,);
     masked_logits (P,C-1) = classifier(I*), I* = I - T(A) (.) (I - erase_value) (Eq. 3).
     erase "mean": erased pixels become 0 in normalised space, the dataset mean colour (the paper's I - T(A) I
-    on normalised input); "black": they become black in RGB.
+    on normalised input); "black": they become black in RGB. am_grad "all": L_am trains every weight through
+    both streams (Eq. 6 read literally); "mask": S_am's forward uses detached weights, so L_am changes the
+    network only through the attention map T(A) and cannot teach the classifier to score masked images low.
     """
 
     def __init__(self, classifier: Classifier, *, sigma: float = 0.5, omega: float = 10.0,
-                 differentiable: bool = True, masked_bn: str = "batch", erase: str = "mean"):
+                 differentiable: bool = True, masked_bn: str = "batch", erase: str = "mean",
+                 am_grad: str = "all"):
         super().__init__()
+        self.am_grad = am_grad
         self.classifier = classifier
         self.sigma, self.omega = sigma, omega
         self.differentiable = differentiable
@@ -104,7 +108,11 @@ class GAIN(nn.Module):
             else:
                 masked = src - t * src
             with bn_eval(self.classifier, self.masked_bn == "running"):
-                out["masked_logits"] = self.classifier(masked)
+                if self.am_grad == "all":
+                    out["masked_logits"] = self.classifier(masked)
+                else:  # "mask": L_am reaches the weights only through T(A), not through S_am's own forward
+                    frozen = {k: v.detach() for k, v in self.classifier.state_dict(keep_vars=True).items()}
+                    out["masked_logits"] = torch.func.functional_call(self.classifier, frozen, (masked,))
             out["masked_images"] = masked
         return out
 

@@ -81,6 +81,7 @@ class GainParams:
     grad_weights: Literal["differentiable", "detached"] = "differentiable"
     masked_bn: Literal["batch", "running"] = "batch"
     erase: Literal["mean", "black"] = "mean"
+    am_grad: Literal["all", "mask"] = "all"
     workers: int = _default(0, 0, 64)
     ckpt_every: int = _default(50, 1, None)
     vis_images: int = _default(8, 0, 64)

@@ -26,7 +26,7 @@ FG_FRACTION = 0.2  # the SEC/GAIN cue threshold: attention > 20% of that map's m
 def build_gain(p: GainParams, num_fg: int) -> GAIN:
     classifier = Classifier(p.backbone, num_fg, weights=p.weights)
     return GAIN(classifier, sigma=p.sigma, omega=p.omega, differentiable=p.grad_weights == "differentiable",
-                masked_bn=p.masked_bn, erase=p.erase)
+                masked_bn=p.masked_bn, erase=p.erase, am_grad=p.am_grad)
 
 
 class AttentionIoU:

@@ -13,9 +13,9 @@ import subprocess
 import urllib.error
 import urllib.request
 import uuid
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 from gain.params import Params, flatten, params_hash, section_dict
 

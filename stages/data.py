@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from gain.cli import run_stage
 from gain.data import DatasetIndex, image_label
 from gain.io import write_json
 from gain.params import DataParams, load_params
@@ -92,4 +93,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main)

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from gain.cli import run_stage
 from gain.crf import CRFPool
 from gain.data import DatasetIndex, VOCDataset, collate
 from gain.engine import setup_runtime
@@ -180,4 +181,4 @@ def qualitative(vis: list[dict], index: DatasetIndex, sp, rt):
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from gain.cli import run_stage
 from gain.data import DatasetIndex
 from gain.engine import seed_everything, setup_runtime, teardown_runtime
 from gain.io import atomic_path, write_json
@@ -53,4 +54,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main)

@@ -1,0 +1,31 @@
+"""Launched by torchrun in tests/test_engine.py: the gain stage's training on 2 CPU ranks (gloo), then each
+rank saves its weights so the test can compare them."""
+
+import sys
+from pathlib import Path
+
+import torch
+
+from gain.data import DatasetIndex
+from gain.engine import seed_everything, setup_runtime, teardown_runtime
+from gain.params import load_params
+from gain.pretrain import train_gain
+from gain.tracking import stage_run
+
+
+def main(out: Path) -> None:
+    params = load_params()
+    rt = setup_runtime("cpu")
+    seed_everything(params.seed, params.deterministic)
+    index = DatasetIndex.load("data/dataset/index.json")
+    with stage_run("gain", params, enabled=rt.is_main) as run:
+        run.set_tags({"rank": str(rt.rank)})
+        res = train_gain(params.gain, index, rt, run, seed=params.seed, ckpt_dir=Path("models/gain"),
+                         fingerprint="ddp")
+    out.mkdir(parents=True, exist_ok=True)
+    torch.save(res["model"].state_dict(), out / f"rank{rt.rank}.pt")
+    teardown_runtime()
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]))

@@ -1,0 +1,143 @@
+"""The shared training loop: bit-exact resume after a kill, the NaN guard, checkpoints, DDP on 2 CPU ranks."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from gain.engine import NonFiniteLoss, Runtime, fit, load_checkpoint
+from gain.tracking import NullRun
+from tests.pipeline_utils import BIN, dvc, env_for, make_repo, python
+
+CPU = Runtime(device=torch.device("cpu"), amp=False, channels_last=False)
+
+
+class Toy(torch.utils.data.Dataset):
+    def __len__(self):
+        return 12
+
+    def __getitem__(self, i):
+        return {"x": torch.full((2,), float(i)), "index": i}
+
+
+def toy_fit(tmp_path: Path, step_fn, total: int = 6, ckpt_every: int = 1):
+    model = nn.Linear(2, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+
+    def fn(batch, step):
+        return step_fn(model, batch, step)
+
+    return model, fit(model=model, optimizer=opt, lr_at=lambda s: 0.01, dataset=Toy(), batch_size=4,
+                      total_steps=total, seed=0, rt=CPU, workers=0, step_fn=fn, eval_fn=None, eval_every=100,
+                      ckpt_dir=tmp_path, ckpt_every=ckpt_every, fingerprint="f", tracker=NullRun(), best_key="x")
+
+
+def test_nan_loss_stops_with_step_and_name_and_keeps_last_good_checkpoint(tmp_path):
+    def step_fn(model, batch, step):
+        loss = model(batch["x"]).mean() ** 2
+        am = loss * float("nan") if step == 3 else loss * 0
+        return {"cl": loss, "am": am, "total": loss + am}
+
+    with pytest.raises(NonFiniteLoss, match=r"step 3: loss 'am' is nan"):
+        toy_fit(tmp_path, step_fn)
+    state = load_checkpoint(tmp_path / "last.pt")
+    assert state["step"] == 3
+    assert all(torch.isfinite(v).all() for v in state["model"].values())
+
+
+def test_checkpoint_written_atomically_and_loads_weights_only(tmp_path):
+    def step_fn(model, batch, step):
+        loss = model(batch["x"]).pow(2).mean()
+        return {"total": loss}
+
+    model, res = toy_fit(tmp_path, step_fn)
+    assert res.step == 6
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]  # no temp files left behind
+    state = torch.load(tmp_path / "last.pt", weights_only=True)
+    assert torch.equal(state["model"]["weight"], model.weight.detach())
+
+
+def test_resume_in_process_matches_uninterrupted(tmp_path):
+    def step_fn(model, batch, step):
+        return {"total": (model(batch["x"]) - 1).pow(2).mean() + 0.01 * torch.randn(()) ** 2}
+
+    torch.manual_seed(0)
+    full, _ = toy_fit(tmp_path / "full", step_fn, total=9)
+    torch.manual_seed(0)
+    toy_fit(tmp_path / "cut", step_fn, total=4)  # "killed" after step 4: a later run continues to 9
+    torch.manual_seed(123)  # a different RNG state in the resuming process must not matter
+    resumed, res = toy_fit(tmp_path / "cut", step_fn, total=9)
+    assert res.resumed_from == 4
+    assert torch.equal(full.weight, resumed.weight) and torch.equal(full.bias, resumed.bias)
+
+
+GAIN_RESUME = {"gain": {"epochs": 4, "ckpt_every": 1, "batch_size": 2}}
+
+
+@pytest.mark.e2e
+def test_gain_stage_killed_midway_resumes_to_identical_weights(tmp_path):
+    """SIGKILL the real stage after a mid-run checkpoint, re-run it: same final weights, bit for bit."""
+    repo = make_repo(tmp_path / "killed", GAIN_RESUME)
+    dvc(repo, "repro", "data")
+    env = env_for(repo)
+    proc = subprocess.Popen([sys.executable, "-m", "stages.pretrain"], cwd=repo, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    last = repo / "models/gain/last.pt"
+    deadline = time.time() + 240
+    killed_at = None
+    while time.time() < deadline and proc.poll() is None:
+        if last.is_file():
+            try:
+                step = torch.load(last, weights_only=True)["step"]
+            except Exception:  # being replaced right now
+                step = 0
+            if step >= 5:
+                os.killpg(proc.pid, signal.SIGKILL)
+                killed_at = step
+                break
+        time.sleep(0.05)
+    proc.wait(timeout=30)
+    assert killed_at is not None and killed_at < 32, "the run was not interrupted mid-way"
+    python(repo, "-m", "stages.pretrain")
+    metrics = json.loads((repo / "reports/gain/metrics.json").read_text())
+    assert 5 <= metrics["resumed_from_step"] < 32
+
+    clean = make_repo(tmp_path / "clean", GAIN_RESUME)
+    dvc(clean, "repro", "data")
+    python(clean, "-m", "stages.pretrain")
+    a = torch.load(last, weights_only=True)["model"]
+    b = torch.load(clean / "models/gain/last.pt", weights_only=True)["model"]
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.e2e
+def test_ddp_two_cpu_ranks_identical_weights_and_rank1_logs_nothing(tmp_path):
+    repo = make_repo(tmp_path / "ddp", {"gain": {"epochs": 1, "batch_size": 2}})
+    dvc(repo, "repro", "data")
+    out = tmp_path / "ranks"
+    env = env_for(repo) | {"OMP_NUM_THREADS": "1"}
+    res = subprocess.run([str(BIN / "torchrun"), "--standalone", "--nproc_per_node", "2", "-m", "tests.ddp_worker",
+                          str(out)],
+                         cwd=repo, env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    w0 = torch.load(out / "rank0.pt", weights_only=True)
+    w1 = torch.load(out / "rank1.pt", weights_only=True)
+    assert all(torch.equal(w0[k], w1[k]) for k in w0)
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{repo / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("gain-sec")
+    runs = client.search_runs([exp.experiment_id], filter_string="tags.stage = 'gain'")
+    assert len(runs) == 1  # rank 0's run only
+    ranks_logged = {r.data.tags.get("rank") for r in runs}
+    assert ranks_logged == {"0"}
