@@ -86,6 +86,10 @@ class GAIN(nn.Module):
                  differentiable: bool = True, masked_bn: str = "batch", erase: str = "mean",
                  am_grad: str = "all"):
         super().__init__()
+        for name, value, allowed in (("masked_bn", masked_bn, ("batch", "running")), ("erase", erase, ("mean", "black")),
+                                     ("am_grad", am_grad, ("all", "mask"))):
+            if value not in allowed:
+                raise ValueError(f"{name}: {value!r} is not one of {allowed}")
         self.am_grad = am_grad
         self.classifier = classifier
         self.sigma, self.omega = sigma, omega

@@ -67,6 +67,27 @@ def image_label(root: Path, image_id: str, classes: tuple[str, ...]) -> np.ndarr
     raise FileNotFoundError(f"{xml}: no annotation XML and no mask for image {image_id}")
 
 
+def build_index(root: Path, source: str, splits: dict[str, list[str]]) -> DatasetIndex:
+    """Index of a VOC-layout root: class names, splits by role and every listed image's label."""
+    from gain.voc import read_class_names
+
+    classes = read_class_names(root)
+    ids = sorted({i for ids in splits.values() for i in ids})
+    labels = {i: (np.flatnonzero(image_label(root, i, classes)) + 1).tolist() for i in ids}
+    return DatasetIndex(root=root, source=source, classes=classes, splits=splits, labels=labels)
+
+
+def synthetic_dataset_index(root: Path) -> DatasetIndex:
+    """The roles of a generated synthetic set: weak training and seed evaluation on train (all have masks)."""
+    from gain.voc import read_split
+
+    splits = {"weak_train": read_split(root, "train"), "seed_eval": read_split(root, "train"),
+              "val": read_split(root, "val"), "pixel": read_split(root, "train_pixel"),
+              "bias_object_only": read_split(root, "bias_object_only"),
+              "bias_context_only": read_split(root, "bias_context_only")}
+    return build_index(root, "synthetic", splits)
+
+
 def mask_path(root: Path, image_id: str) -> Path | None:
     for folder in ("SegmentationClass", "SegmentationClassAug"):
         p = root / folder / f"{image_id}.png"

@@ -46,9 +46,9 @@ def _load_weights(module: nn.Module, weights: str) -> None:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: backbone weights file not found (params weights)")
     state = torch.load(path, map_location="cpu", weights_only=True)
-    missing, unexpected = module.load_state_dict(state, strict=False)
-    if len(missing) == len(module.state_dict()):
+    if not set(state) & set(module.state_dict()):
         raise ValueError(f"{path}: no parameter of the backbone matched the weights file")
+    module.load_state_dict(state, strict=False)
 
 
 def build_trunk(name: str, weights: str = "none", *, dilated: bool = False) -> tuple[nn.Module, int]:
@@ -61,12 +61,16 @@ def build_trunk(name: str, weights: str = "none", *, dilated: bool = False) -> t
     import torchvision
 
     if name == "small":
+        if weights == "imagenet":
+            raise ValueError("weights: the small backbone has no ImageNet weights; use none or a path")
         trunk, ch = SmallTrunk(), SmallTrunk.out_channels
     elif name == "vgg16":
         w = torchvision.models.VGG16_Weights.IMAGENET1K_V1 if weights == "imagenet" else None
         feats = torchvision.models.vgg16(weights=w).features
         layers = list(feats.children())[:30]  # up to relu5_3
         if dilated:
+            for i in (4, 9, 16):  # pool1-3 as in DeepLab: 3x3, stride 2, pad 1 (321 -> 161 -> 81 -> 41)
+                layers[i] = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
             layers[23] = nn.MaxPool2d(kernel_size=3, stride=1, padding=1)  # pool4, stride 1
             for i in (24, 26, 28):  # conv5_x dilation 2
                 layers[i].dilation, layers[i].padding = (2, 2), (2, 2)

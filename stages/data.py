@@ -12,11 +12,11 @@ from pathlib import Path
 import numpy as np
 
 from gain.cli import run_stage
-from gain.data import DatasetIndex, image_label
+from gain.data import DatasetIndex, build_index, synthetic_dataset_index
 from gain.io import write_json
 from gain.params import DataParams, load_params
 from gain.tracking import stage_run
-from gain.voc import read_class_names, read_split
+from gain.voc import read_split
 
 OUT = Path("data/dataset")
 REPORTS = Path("reports/data")
@@ -29,11 +29,7 @@ def synthetic_index(p: DataParams, seed: int) -> tuple[DatasetIndex, dict]:
     root = OUT / "VOC2012"
     cfg = SyntheticConfig(**vars(p.synthetic), seed=seed)
     stats = generate(root, cfg)
-    splits = {"weak_train": read_split(root, "train"), "seed_eval": read_split(root, "train"),
-              "val": read_split(root, "val"), "pixel": read_split(root, "train_pixel"),
-              "bias_object_only": read_split(root, "bias_object_only"),
-              "bias_context_only": read_split(root, "bias_context_only")}
-    return _index(root, "synthetic", splits), stats
+    return synthetic_dataset_index(root), stats
 
 
 def voc_index(p: DataParams, seed: int) -> tuple[DatasetIndex, dict]:
@@ -48,14 +44,7 @@ def voc_index(p: DataParams, seed: int) -> tuple[DatasetIndex, dict]:
     rng = np.random.default_rng(seed)
     pixel = sorted(rng.permutation(train)[: p.voc_pixel_labelled].tolist())
     splits = {"weak_train": weak, "seed_eval": train, "val": read_split(root, "val"), "pixel": pixel}
-    return _index(root, "voc", splits), {"train_aug_missing": len(VOC_TRAIN_AUG.read_text().split()) - len(weak)}
-
-
-def _index(root: Path, source: str, splits: dict[str, list[str]]) -> DatasetIndex:
-    classes = read_class_names(root)
-    ids = sorted({i for ids in splits.values() for i in ids})
-    labels = {i: (np.flatnonzero(image_label(root, i, classes)) + 1).tolist() for i in ids}
-    return DatasetIndex(root=root, source=source, classes=classes, splits=splits, labels=labels)
+    return build_index(root, "voc", splits), {"train_aug_missing": len(VOC_TRAIN_AUG.read_text().split()) - len(weak)}
 
 
 def statistics(index: DatasetIndex, extra: dict) -> dict:

@@ -373,8 +373,10 @@ def test_attention_maps_range_size_and_no_graph():
         align_corners=False,
     )[:, 0]
     assert_close(attn, expected, atol=1e-6)
-    small, _, _ = attention_maps(clf, x, LABELS[:2], size=(5, 7))
+    small, _, _ = attention_maps(clf, x, LABELS[:2], size=(5, 7))  # no outer no_grad: still no graph
     assert small.shape == (3, 5, 7)
+    assert not small.requires_grad and small.grad_fn is None
+    assert all(p.grad is None for p in clf.parameters())
 
 
 def test_attention_maps_flip_averages_with_the_mirrored_image():

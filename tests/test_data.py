@@ -35,7 +35,10 @@ REPO = HERE.parent
 SAMPLE = HERE / "data" / "VOCdevkit" / "VOC2012"
 IDS = sorted(p.stem for p in (SAMPLE / "JPEGImages").glob("*.jpg"))
 OFFICIAL = json.loads((HERE / "data" / "cls_labels_sample.json").read_text())
-CLS_LABELS_NPY = [Path("/work/shared/voc12/cls_labels.npy"), REPO.parent / "shared" / "voc12" / "cls_labels.npy"]
+CLS_LABELS_NPY = [
+    Path("/work/shared/voc12/cls_labels.npy"),
+    REPO.parent / "shared" / "voc12" / "cls_labels.npy",
+]
 
 
 def build_index(root: Path) -> DatasetIndex:
@@ -72,8 +75,11 @@ def test_image_label_matches_cls_labels_npy():
         pytest.skip("cls_labels.npy (irn voc12) not available")
     official = np.load(path, allow_pickle=True).item()
     for image_id in IDS:
-        np.testing.assert_array_equal(image_label(SAMPLE, image_id, VOC_CLASSES),
-                                      official[int(image_id.replace("_", ""))], err_msg=image_id)
+        np.testing.assert_array_equal(
+            image_label(SAMPLE, image_id, VOC_CLASSES),
+            official[int(image_id.replace("_", ""))],
+            err_msg=image_id,
+        )
 
 
 def test_image_label_falls_back_to_segmentation_class_aug(voc_copy):
@@ -162,8 +168,9 @@ def test_eval_items_are_normalised_and_keep_void():
         np.testing.assert_allclose(item["image"].numpy(), expected.transpose(2, 0, 1), atol=1e-5)
         np.testing.assert_array_equal(item["label"].numpy(), OFFICIAL[image_id])
         assert item["mask"].shape == (size, size) and item["mask"].dtype == torch.long
-        np.testing.assert_array_equal(item["mask"].numpy(),
-                                      np.array(Image.fromarray(mask).resize((size, size), Image.NEAREST)))
+        np.testing.assert_array_equal(
+            item["mask"].numpy(), np.array(Image.fromarray(mask).resize((size, size), Image.NEAREST))
+        )
         assert (item["mask"] == IGNORE_INDEX).any()  # the official void borders survive
         assert set(item["mask"].unique().tolist()) <= set(np.unique(mask).tolist())
         np.testing.assert_array_equal(item["orig_image"], rgb)
@@ -215,8 +222,9 @@ def test_missing_image_names_the_path(voc_copy):
 def _index_at(root: Path) -> DatasetIndex:
     """The sample's index, pointed at another copy of the folder."""
     index = build_index(SAMPLE)
-    return DatasetIndex(root=root, source=index.source, classes=index.classes, splits=index.splits,
-                        labels=index.labels)
+    return DatasetIndex(
+        root=root, source=index.source, classes=index.classes, splits=index.splits, labels=index.labels
+    )
 
 
 @pytest.mark.parametrize("damage", ["garbage", "truncated"])
@@ -368,10 +376,12 @@ def test_dataset_items_stay_aligned_through_the_train_preset(tmp_path):
     image, mask = pattern(h=150, w=200, block=50)
     Image.fromarray(image).save(root / "JPEGImages" / "p_0001.jpg", quality=95)
     save_palette_png(root / "SegmentationClass" / "p_0001.png", mask, voc_palette())
-    index = DatasetIndex(root=root, source="voc", classes=VOC_CLASSES, splits={"train": ["p_0001"]},
-                         labels={"p_0001": [1, 2]})
-    ds = VOCDataset(index, ["p_0001"] * 6, Compose([RandomScale(100, 0.6, 1.0), RandomCrop(80), RandomHFlip()]),
-                    seed=1)
+    index = DatasetIndex(
+        root=root, source="voc", classes=VOC_CLASSES, splits={"train": ["p_0001"]}, labels={"p_0001": [1, 2]}
+    )
+    ds = VOCDataset(
+        index, ["p_0001"] * 6, Compose([RandomScale(100, 0.6, 1.0), RandomCrop(80), RandomHFlip()]), seed=1
+    )
     for i in range(len(ds)):
         item = ds[i]
         img = denormalize(item["image"])

@@ -109,8 +109,8 @@ def test_unknown_nested_key_suggests_the_close_match(tmp_path):
 def test_unknown_top_level_and_deep_keys():
     with pytest.raises(ParamsError, match=r"seeed: unknown key; did you mean seed\?"):
         parse_params({"seeed": 1})
-    with pytest.raises(ParamsError, match=r"data\.synthetic\.num_clases: unknown key; did you mean "
-                                          r"data\.synthetic\.num_classes\?"):
+    deep = r"data\.synthetic\.num_clases: unknown key; did you mean data\.synthetic\.num_classes\?"
+    with pytest.raises(ParamsError, match=deep):
         parse_params({"data": {"synthetic": {"num_clases": 4}}})
 
 
@@ -173,7 +173,9 @@ def test_bad_choice_lists_allowed_values(tmp_path):
 
 
 def test_choices_are_checked_in_every_section():
-    with pytest.raises(ParamsError, match=r"sec\.backbone: 'resnet50' is not allowed; choose one of small, vgg16"):
+    with pytest.raises(
+        ParamsError, match=r"sec\.backbone: 'resnet50' is not allowed; choose one of small, vgg16"
+    ):
         parse_params({"sec": {"backbone": "resnet50"}})
     with pytest.raises(ParamsError, match=r"device: 'gpu' is not allowed"):
         parse_params({"device": "gpu"})
@@ -186,7 +188,8 @@ def test_bias_class_must_be_one_of_the_synthetic_classes(tmp_path):
     assert str(e.value).startswith(f"{path}: data.synthetic.bias_class: 7 is out of range")
     assert "num_classes=6" in str(e.value)
     # The last class is allowed (bias_class is 1-based over the foreground classes).
-    assert parse_params({"data": {"synthetic": {"num_classes": 6, "bias_class": 6}}}).data.synthetic.bias_class == 6
+    last = parse_params({"data": {"synthetic": {"num_classes": 6, "bias_class": 6}}})
+    assert last.data.synthetic.bias_class == 6
 
 
 def test_pixel_labelled_cannot_exceed_train_images():
@@ -205,7 +208,11 @@ def test_top_level_must_be_a_mapping(tmp_path):
 
 
 def test_flatten_dots_nested_keys_and_joins_lists():
-    nested = {"seed": 0, "gain": {"alpha": 1.0, "ext": False}, "data": {"voc_urls": ("a", "b"), "s": {"n": 2}}}
+    nested = {
+        "seed": 0,
+        "gain": {"alpha": 1.0, "ext": False},
+        "data": {"voc_urls": ("a", "b"), "s": {"n": 2}},
+    }
     assert flatten(nested) == {
         "seed": 0,
         "gain.alpha": 1.0,

@@ -107,8 +107,9 @@ def test_git_commit_tag_is_head(mlflow_uri, tmp_repo, params):
     git = ["git", "-c", "user.name=t", "-c", "user.email=t@example.com", "-c", "commit.gpgsign=false"]
     subprocess.run([*git, "init", "-q"], cwd=tmp_repo, check=True)
     subprocess.run([*git, "commit", "-q", "--allow-empty", "-m", "x"], cwd=tmp_repo, check=True)
-    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=tmp_repo, check=True, capture_output=True,
-                          text=True).stdout.strip()
+    head = subprocess.run(
+        ["git", "rev-parse", "HEAD"], cwd=tmp_repo, check=True, capture_output=True, text=True
+    ).stdout.strip()
     with stage_run("data", params) as run:
         run_id = run.run_id
     assert client_for(mlflow_uri).get_run(run_id).data.tags["git_commit"] == head
@@ -151,6 +152,7 @@ def test_disabled_logs_nothing(mlflow_uri, tmp_repo, params):
     assert not (tmp_repo / "runs").exists() and not (tmp_repo / "mlartifacts").exists()
 
 
+@pytest.mark.timeout(30)  # without the up-front check, MLflow's own HTTP retries take minutes
 def test_unreachable_server_fails_fast_naming_the_uri(tmp_repo, monkeypatch, params):
     uri = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
@@ -174,8 +176,9 @@ def test_params_tracking_uri_is_used_when_the_variable_is_unset(mlflow_store_tem
     assert client_for(uri).get_experiment_by_name("from-params") is not None
 
 
-def test_default_store_is_the_repo_root_sqlite_even_from_a_dvc_temp_copy(mlflow_store_template, tmp_repo,
-                                                                         tmp_path, monkeypatch, params):
+def test_default_store_is_the_repo_root_sqlite_even_from_a_dvc_temp_copy(
+    mlflow_store_template, tmp_repo, tmp_path, monkeypatch, params
+):
     # `dvc exp run --temp` runs the stage in a copy of the repo and sets DVC_ROOT to the real root.
     real = tmp_path / "real-repo"
     real.mkdir()
@@ -200,7 +203,7 @@ def mlflow_server(tmp_path):
     port = free_port()
     env = dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
     env.pop("MLFLOW_TRACKING_URI", None)
-    log = open(tmp_path / "server.log", "wb")  # noqa: SIM115 - closed in teardown
+    log = open(tmp_path / "server.log", "wb")  # closed in teardown
     cmd = [sys.executable, "-m", "mlflow", "server",
            "--backend-store-uri", f"sqlite:///{tmp_path / 'srv.db'}",
            "--default-artifact-root", str(tmp_path / "art"),
@@ -211,7 +214,9 @@ def mlflow_server(tmp_path):
         deadline = time.monotonic() + 60
         while True:
             if proc.poll() is not None:
-                pytest.fail(f"mlflow server exited with {proc.returncode}:\n{(tmp_path / 'server.log').read_text()}")
+                pytest.fail(
+                    f"mlflow server exited with {proc.returncode}:\n{(tmp_path / 'server.log').read_text()}"
+                )
             try:
                 with urllib.request.urlopen(f"{uri}/health", timeout=2) as r:
                     if r.status == 200:
