@@ -249,6 +249,11 @@ def fit(*, model: torch.nn.Module, optimizer: torch.optim.Optimizer, lr_at: Call
             if step >= total_steps:
                 break
     bar.close()
+    if dist.is_initialized():
+        # DDP syncs gradients, not BatchNorm running statistics (each rank's last forward updated its own):
+        # take rank 0's, which are the ones checkpointed, so every rank ends with the same model state.
+        for buf in unwrap(model).buffers():
+            dist.broadcast(buf, src=0)
     if resumed_from == total_steps and rt.is_main:
         print(f"{last_path}: already trained to step {total_steps}")
     return FitResult(step=step, history=history, best=best, resumed_from=resumed_from)

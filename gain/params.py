@@ -185,6 +185,8 @@ def _convert(value, tp, key: str, meta) -> object:
             raise ParamsError(f"{key}: expected a string, got {value!r}")
         return value
     lo, hi = meta.get("min"), meta.get("max")
+    if value != value:  # NaN passes every comparison
+        raise ParamsError(f"{key}: nan is not a valid value")
     if (lo is not None and value < lo) or (hi is not None and value > hi):
         bounds = f"[{'-inf' if lo is None else lo}, {'inf' if hi is None else hi}]"
         raise ParamsError(f"{key}: {value!r} is out of range; allowed {bounds}")

@@ -158,7 +158,6 @@ def test_range_bounds_are_inclusive():
     assert params.gain.sigma == 1.0 and params.gain.momentum == 0.0
 
 
-@pytest.mark.xfail(strict=True, reason="gain/params.py _convert: NaN compares false with both bounds")
 def test_nan_is_out_of_range():
     with pytest.raises(ParamsError, match="gain.sigma"):
         parse_params({"gain": {"sigma": float("nan")}})
