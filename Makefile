@@ -20,6 +20,7 @@ $(STAMP): requirements.lock
 # The whole test suite (unit, integration and the end-to-end DVC/MLflow/torchrun tests) plus lint.
 test: $(STAMP)
 	$(BIN)/ruff check gain stages tests benchmarks
+	$(BIN)/ruff format --check gain stages tests benchmarks
 	DVC_NO_ANALYTICS=1 $(BIN)/pytest -q
 
 lock:

@@ -21,8 +21,14 @@ def label_pairs(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return pair_image, pair_class
 
 
-def grad_cam(feats: torch.Tensor, logits: torch.Tensor, pair_image: torch.Tensor, pair_class: torch.Tensor,
-             *, differentiable: bool = True) -> torch.Tensor:
+def grad_cam(
+    feats: torch.Tensor,
+    logits: torch.Tensor,
+    pair_image: torch.Tensor,
+    pair_class: torch.Tensor,
+    *,
+    differentiable: bool = True,
+) -> torch.Tensor:
     """Eq. 1-2: A^c = ReLU(sum_k w^c_k f_k), w^c_k = GAP(d s^c / d f_k), min-max normalised per map.
 
     feats (B, K, h, w) must be part of the graph that produced logits (B, C-1). Returns (P, h, w) in [0, 1]
@@ -82,12 +88,23 @@ class GAIN(nn.Module):
     network only through the attention map T(A) and cannot teach the classifier to score masked images low.
     """
 
-    def __init__(self, classifier: Classifier, *, sigma: float = 0.5, omega: float = 10.0,
-                 differentiable: bool = True, masked_bn: str = "batch", erase: str = "mean",
-                 am_grad: str = "all"):
+    def __init__(
+        self,
+        classifier: Classifier,
+        *,
+        sigma: float = 0.5,
+        omega: float = 10.0,
+        differentiable: bool = True,
+        masked_bn: str = "batch",
+        erase: str = "mean",
+        am_grad: str = "all",
+    ):
         super().__init__()
-        for name, value, allowed in (("masked_bn", masked_bn, ("batch", "running")), ("erase", erase, ("mean", "black")),
-                                     ("am_grad", am_grad, ("all", "mask"))):
+        for name, value, allowed in (
+            ("masked_bn", masked_bn, ("batch", "running")),
+            ("erase", erase, ("mean", "black")),
+            ("am_grad", am_grad, ("all", "mask")),
+        ):
             if value not in allowed:
                 raise ValueError(f"{name}: {value!r} is not one of {allowed}")
         self.am_grad = am_grad
@@ -129,8 +146,14 @@ def _black(x: torch.Tensor) -> torch.Tensor:
     return -mean / std
 
 
-def attention_maps(classifier: Classifier, x: torch.Tensor, labels: torch.Tensor, *, flip: bool = False,
-                   size: tuple[int, int] | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def attention_maps(
+    classifier: Classifier,
+    x: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    flip: bool = False,
+    size: tuple[int, int] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Inference-time attention for every ground-truth class, all classes of the batch in one pass.
 
     Returns (attn (P, H, W) in [0, 1] at `size` (default: input size), pair_image, pair_class), no graph kept.

@@ -14,9 +14,18 @@ import pandas as pd
 
 from gain.io import atomic_path
 
-KEY_METRICS = ["eval/sec_miou", "eval/sec_crf_miou", "eval/seed_miou", "eval/attention_miou", "eval/seed_precision",
-               "eval/seed_recall", "eval/bias_object_only_accuracy", "eval/bias_context_only_accuracy", "best_map",
-               "best_attn_miou"]
+KEY_METRICS = [
+    "eval/sec_miou",
+    "eval/sec_crf_miou",
+    "eval/seed_miou",
+    "eval/attention_miou",
+    "eval/seed_precision",
+    "eval/seed_recall",
+    "eval/bias_object_only_accuracy",
+    "eval/bias_context_only_accuracy",
+    "best_map",
+    "best_attn_miou",
+]
 
 
 def pipeline_table(runs: pd.DataFrame) -> pd.DataFrame:
@@ -27,9 +36,14 @@ def pipeline_table(runs: pd.DataFrame) -> pd.DataFrame:
     runs = runs[runs.get("tags.kind") == "stage"].sort_values("start_time")
     rows = []
     for pid, group in runs.groupby("tags.pipeline_id", sort=False):
-        row = {"pipeline_id": pid, "started": group["start_time"].min(),
-               "dvc_exp_name": next((x for x in group.get("tags.dvc_exp_name", []) if isinstance(x, str) and x), ""),
-               "stages": ",".join(group["tags.stage"])}
+        row = {
+            "pipeline_id": pid,
+            "started": group["start_time"].min(),
+            "dvc_exp_name": next(
+                (x for x in group.get("tags.dvc_exp_name", []) if isinstance(x, str) and x), ""
+            ),
+            "stages": ",".join(group["tags.stage"]),
+        }
         for _, r in group.iterrows():
             for col, val in r.items():
                 if (col.startswith("params.") or col.startswith("metrics.")) and pd.notna(val):
@@ -58,10 +72,15 @@ def comparison_figure(df: pd.DataFrame):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    metrics = [m for m in ("eval/sec_miou", "eval/sec_crf_miou", "eval/seed_miou", "eval/attention_miou")
-               if m in df.columns]
+    metrics = [
+        m
+        for m in ("eval/sec_miou", "eval/sec_crf_miou", "eval/seed_miou", "eval/attention_miou")
+        if m in df.columns
+    ]
     params = [c for c in df.columns if "." in c and c not in metrics and not c.startswith("eval/")]
-    labels = [", ".join(f"{p}={row[p]}" for p in params) or row["pipeline_id"][-8:] for _, row in df.iterrows()]
+    labels = [
+        ", ".join(f"{p}={row[p]}" for p in params) or row["pipeline_id"][-8:] for _, row in df.iterrows()
+    ]
     fig, ax = plt.subplots(figsize=(max(5, 1.6 * len(df)), 3.5))
     width = 0.8 / max(len(metrics), 1)
     for j, m in enumerate(metrics):
@@ -81,7 +100,9 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     from gain.tracking import tracking_uri
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--experiment", default=None, help="MLflow experiment (default: params mlflow.experiment)")
+    ap.add_argument(
+        "--experiment", default=None, help="MLflow experiment (default: params mlflow.experiment)"
+    )
     ap.add_argument("--out", default="reports/compare", help="output path prefix")
     args = ap.parse_args(argv)
     params = load_params()

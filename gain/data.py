@@ -41,16 +41,29 @@ class DatasetIndex:
     def save(self, path: Path) -> None:
         from gain.io import write_json
 
-        write_json(path, {"root": str(self.root), "source": self.source, "classes": list(self.classes),
-                          "splits": self.splits, "labels": self.labels})
+        write_json(
+            path,
+            {
+                "root": str(self.root),
+                "source": self.source,
+                "classes": list(self.classes),
+                "splits": self.splits,
+                "labels": self.labels,
+            },
+        )
 
     @classmethod
     def load(cls, path: str | Path) -> DatasetIndex:
         path = Path(path)
         try:
             d = json.loads(path.read_text())
-            return cls(root=Path(d["root"]), source=d["source"], classes=tuple(d["classes"]),
-                       splits=d["splits"], labels=d["labels"])
+            return cls(
+                root=Path(d["root"]),
+                source=d["source"],
+                classes=tuple(d["classes"]),
+                splits=d["splits"],
+                labels=d["labels"],
+            )
         except (OSError, ValueError, KeyError) as e:
             raise ValueError(f"{path}: unreadable dataset index ({e}); re-run the data stage") from e
 
@@ -81,10 +94,14 @@ def synthetic_dataset_index(root: Path) -> DatasetIndex:
     """The roles of a generated synthetic set: weak training and seed evaluation on train (all have masks)."""
     from gain.voc import read_split
 
-    splits = {"weak_train": read_split(root, "train"), "seed_eval": read_split(root, "train"),
-              "val": read_split(root, "val"), "pixel": read_split(root, "train_pixel"),
-              "bias_object_only": read_split(root, "bias_object_only"),
-              "bias_context_only": read_split(root, "bias_context_only")}
+    splits = {
+        "weak_train": read_split(root, "train"),
+        "seed_eval": read_split(root, "train"),
+        "val": read_split(root, "val"),
+        "pixel": read_split(root, "train_pixel"),
+        "bias_object_only": read_split(root, "bias_object_only"),
+        "bias_context_only": read_split(root, "bias_context_only"),
+    }
     return build_index(root, "synthetic", splits)
 
 
@@ -106,9 +123,17 @@ class VOCDataset(Dataset):
     mask_root: read masks from `<mask_root>/<id>.png` instead (SEC trains on seed maps this way).
     """
 
-    def __init__(self, index: DatasetIndex, ids: list[str], transform: Compose, *, seed: int = 0,
-                 with_masks: set[str] | None = None, keep_original: bool = False,
-                 mask_root: Path | None = None):
+    def __init__(
+        self,
+        index: DatasetIndex,
+        ids: list[str],
+        transform: Compose,
+        *,
+        seed: int = 0,
+        with_masks: set[str] | None = None,
+        keep_original: bool = False,
+        mask_root: Path | None = None,
+    ):
         self.index, self.ids, self.transform, self.seed = index, list(ids), transform, seed
         self.with_masks = with_masks
         self.mask_root = mask_root
@@ -135,8 +160,10 @@ class VOCDataset(Dataset):
             if mp is not None:
                 mask = read_label_png(mp)
                 if mask.shape != image.shape[:2]:
-                    raise ValueError(f"{mp}: mask size {mask.shape[::-1]} differs from image size "
-                                     f"{image.shape[1::-1]} of {path}")
+                    raise ValueError(
+                        f"{mp}: mask size {mask.shape[::-1]} differs from image size "
+                        f"{image.shape[1::-1]} of {path}"
+                    )
         return image, mask
 
     def __getitem__(self, i: int) -> dict:

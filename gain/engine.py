@@ -77,8 +77,9 @@ def setup_runtime(device: str) -> Runtime:
         dev = torch.device("cpu")
     if world > 1 and not dist.is_initialized():
         dist.init_process_group(backend="nccl" if use_cuda else "gloo")
-    return Runtime(device=dev, amp=use_cuda, channels_last=use_cuda, rank=rank, world_size=world,
-                   local_rank=local_rank)
+    return Runtime(
+        device=dev, amp=use_cuda, channels_last=use_cuda, rank=rank, world_size=world, local_rank=local_rank
+    )
 
 
 def teardown_runtime() -> None:
@@ -89,8 +90,11 @@ def teardown_runtime() -> None:
 def rng_state() -> dict:
     """Every RNG state as plain data (tensors, ints, strings), so checkpoints load with weights_only=True."""
     name, keys, pos, has_gauss, cached = np.random.get_state()
-    state = {"torch": torch.get_rng_state(), "numpy": (name, torch.from_numpy(keys.astype(np.int64)), pos,
-                                                        has_gauss, cached), "python": random.getstate()}
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": (name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached),
+        "python": random.getstate(),
+    }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -126,23 +130,42 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
 def check_finite(losses: dict[str, torch.Tensor], step: int) -> None:
     for name, value in losses.items():
         if not torch.isfinite(value.detach()).all():
-            raise NonFiniteLoss(f"step {step}: loss '{name}' is {value.item()}; training stopped, the last "
-                                "good checkpoint is kept")
+            raise NonFiniteLoss(
+                f"step {step}: loss '{name}' is {value.item()}; training stopped, the last "
+                "good checkpoint is kept"
+            )
 
 
-def epoch_loader(dataset, *, batch_size: int, epoch: int, skip_batches: int, seed: int, rt: Runtime,
-                 workers: int, shuffle: bool = True) -> DataLoader:
+def epoch_loader(
+    dataset,
+    *,
+    batch_size: int,
+    epoch: int,
+    skip_batches: int,
+    seed: int,
+    rt: Runtime,
+    workers: int,
+    shuffle: bool = True,
+) -> DataLoader:
     """The loader of one epoch, its first `skip_batches` batches dropped by index (for resume)."""
-    sampler = DistributedSampler(dataset, num_replicas=rt.world_size, rank=rt.rank, shuffle=shuffle, seed=seed,
-                                 drop_last=True)
+    sampler = DistributedSampler(
+        dataset, num_replicas=rt.world_size, rank=rt.rank, shuffle=shuffle, seed=seed, drop_last=True
+    )
     sampler.set_epoch(epoch)
     if hasattr(dataset, "set_epoch"):
         dataset.set_epoch(epoch)
     indices = list(sampler)
     n_batches = len(indices) // batch_size
     indices = indices[skip_batches * batch_size : n_batches * batch_size]
-    return DataLoader(dataset, batch_size=batch_size, sampler=indices, drop_last=True, num_workers=workers,
-                      collate_fn=collate, pin_memory=rt.device.type == "cuda")
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=indices,
+        drop_last=True,
+        num_workers=workers,
+        collate_fn=collate,
+        pin_memory=rt.device.type == "cuda",
+    )
 
 
 def steps_per_epoch(dataset, batch_size: int, world_size: int) -> int:
@@ -160,11 +183,28 @@ class FitResult:
     resumed_from: int
 
 
-def fit(*, model: torch.nn.Module, optimizer: torch.optim.Optimizer, lr_at: Callable[[int], float],
-        dataset, batch_size: int, total_steps: int, seed: int, rt: Runtime, workers: int,
-        step_fn: Callable[[dict, int], dict[str, torch.Tensor]], eval_fn: Callable[[int], dict] | None,
-        eval_every: int, ckpt_dir: Path, ckpt_every: int, fingerprint: str, tracker, best_key: str,
-        extra_state: Callable[[], dict] | None = None, desc: str = "train") -> FitResult:
+def fit(
+    *,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    lr_at: Callable[[int], float],
+    dataset,
+    batch_size: int,
+    total_steps: int,
+    seed: int,
+    rt: Runtime,
+    workers: int,
+    step_fn: Callable[[dict, int], dict[str, torch.Tensor]],
+    eval_fn: Callable[[int], dict] | None,
+    eval_every: int,
+    ckpt_dir: Path,
+    ckpt_every: int,
+    fingerprint: str,
+    tracker,
+    best_key: str,
+    extra_state: Callable[[], dict] | None = None,
+    desc: str = "train",
+) -> FitResult:
     """Run (or resume) training to `total_steps`.
 
     step_fn(batch, step) returns named losses including "total" (the loop does backward and the optimizer
@@ -192,8 +232,15 @@ def fit(*, model: torch.nn.Module, optimizer: torch.optim.Optimizer, lr_at: Call
 
     def checkpoint(step: int) -> None:
         if rt.is_main:
-            state = {"model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(), "step": step,
-                     "rng": rng_state(), "history": history, "best": best, "fingerprint": fingerprint}
+            state = {
+                "model": unwrap(model).state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "step": step,
+                "rng": rng_state(),
+                "history": history,
+                "best": best,
+                "fingerprint": fingerprint,
+            }
             if extra_state:
                 state.update(extra_state())
             save_checkpoint(last_path, state)
@@ -210,8 +257,12 @@ def fit(*, model: torch.nn.Module, optimizer: torch.optim.Optimizer, lr_at: Call
             tracker.log_metrics({f"val/{k}": v for k, v in metrics.items()}, step=step)
             if best is None or metrics[best_key] > best[best_key]:
                 best = {"step": step, **metrics}
-                state = {"model": unwrap(model).state_dict(), "step": step, "metrics": metrics,
-                         "fingerprint": fingerprint}
+                state = {
+                    "model": unwrap(model).state_dict(),
+                    "step": step,
+                    "metrics": metrics,
+                    "fingerprint": fingerprint,
+                }
                 if extra_state:
                     state.update(extra_state())
                 save_checkpoint(best_path, state)
@@ -221,8 +272,15 @@ def fit(*, model: torch.nn.Module, optimizer: torch.optim.Optimizer, lr_at: Call
     model.train()
     while step < total_steps:
         epoch, offset = divmod(step, per_epoch)
-        loader = epoch_loader(dataset, batch_size=batch_size, epoch=epoch, skip_batches=offset, seed=seed,
-                              rt=rt, workers=workers)
+        loader = epoch_loader(
+            dataset,
+            batch_size=batch_size,
+            epoch=epoch,
+            skip_batches=offset,
+            seed=seed,
+            rt=rt,
+            workers=workers,
+        )
         for batch in loader:
             lr = lr_at(step)
             for group in optimizer.param_groups:
@@ -237,8 +295,9 @@ def fit(*, model: torch.nn.Module, optimizer: torch.optim.Optimizer, lr_at: Call
             bar.update(1)
             bar.set_postfix({k: f"{v.item():.3f}" for k, v in losses.items()})
             if rt.is_main:
-                tracker.log_metrics({**{f"train/loss_{k}": v.item() for k, v in losses.items()}, "train/lr": lr},
-                                    step=step)
+                tracker.log_metrics(
+                    {**{f"train/loss_{k}": v.item() for k, v in losses.items()}, "train/lr": lr}, step=step
+                )
             evaluated = step % eval_every == 0 or step == total_steps
             if evaluated:
                 model.eval()

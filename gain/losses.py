@@ -23,8 +23,9 @@ def attention_mining_loss(masked_logits: torch.Tensor, pair_class: torch.Tensor)
     return torch.sigmoid(scores).mean()
 
 
-def attention_masks(masks: torch.Tensor, pair_image: torch.Tensor, pair_class: torch.Tensor,
-                    size: tuple[int, int]) -> torch.Tensor:
+def attention_masks(
+    masks: torch.Tensor, pair_image: torch.Tensor, pair_class: torch.Tensor, size: tuple[int, int]
+) -> torch.Tensor:
     """H^c at attention resolution: the fraction of each cell covered by class c. masks (B, H, W) long with
     foreground classes 1..C-1 (pair_class is 0-based over foreground) -> (P, h, w) in [0, 1]."""
     h = (masks[pair_image] == (pair_class[:, None, None] + 1)).float()
@@ -38,8 +39,15 @@ def external_loss(attn: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return ((attn - target) ** 2).mean()
 
 
-def gain_loss(out: dict, labels: torch.Tensor, *, alpha: float, masks: torch.Tensor | None = None,
-              has_mask: torch.Tensor | None = None, omega_e: float = 10.0) -> dict[str, torch.Tensor]:
+def gain_loss(
+    out: dict,
+    labels: torch.Tensor,
+    *,
+    alpha: float,
+    masks: torch.Tensor | None = None,
+    has_mask: torch.Tensor | None = None,
+    omega_e: float = 10.0,
+) -> dict[str, torch.Tensor]:
     """L_self = L_cl + alpha L_am (Eq. 6); with masks for some images, L_ext = L_self + omega_e L_e (Eq. 8).
 
     `out` is GAIN.forward's dict. alpha = 0 is the Grad-CAM baseline: L_am is still computed and logged but

@@ -79,8 +79,9 @@ def build_trunk(name: str, weights: str = "none", *, dilated: bool = False) -> t
     elif name == "resnet50":
         w = torchvision.models.ResNet50_Weights.IMAGENET1K_V2 if weights == "imagenet" else None
         net = torchvision.models.resnet50(weights=w)
-        trunk = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool, net.layer1, net.layer2, net.layer3,
-                              net.layer4)
+        trunk = nn.Sequential(
+            net.conv1, net.bn1, net.relu, net.maxpool, net.layer1, net.layer2, net.layer3, net.layer4
+        )
         ch = 2048
     else:
         raise ValueError(f"backbone: unknown {name!r}; choose small, vgg16 or resnet50")

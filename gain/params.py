@@ -163,7 +163,9 @@ def _convert(value, tp, key: str, meta) -> object:
     if origin is Literal:
         allowed = typing.get_args(tp)
         if value not in allowed:
-            raise ParamsError(f"{key}: {value!r} is not allowed; choose one of {', '.join(map(str, allowed))}")
+            raise ParamsError(
+                f"{key}: {value!r} is not allowed; choose one of {', '.join(map(str, allowed))}"
+            )
         return value
     if origin is tuple:
         if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
@@ -218,11 +220,15 @@ def parse_params(raw: dict, source: str = "params.yaml") -> Params:
         raise ParamsError(f"{source}: {e}") from None
     syn = params.data.synthetic
     if syn.bias_class > syn.num_classes:
-        raise ParamsError(f"{source}: data.synthetic.bias_class: {syn.bias_class} is out of range; "
-                          f"allowed [1, data.synthetic.num_classes={syn.num_classes}]")
+        raise ParamsError(
+            f"{source}: data.synthetic.bias_class: {syn.bias_class} is out of range; "
+            f"allowed [1, data.synthetic.num_classes={syn.num_classes}]"
+        )
     if syn.pixel_labelled > syn.n_train:
-        raise ParamsError(f"{source}: data.synthetic.pixel_labelled: {syn.pixel_labelled} exceeds "
-                          f"data.synthetic.n_train={syn.n_train}")
+        raise ParamsError(
+            f"{source}: data.synthetic.pixel_labelled: {syn.pixel_labelled} exceeds "
+            f"data.synthetic.n_train={syn.n_train}"
+        )
     return params
 
 

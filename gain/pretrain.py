@@ -25,8 +25,15 @@ FG_FRACTION = 0.2  # the SEC/GAIN cue threshold: attention > 20% of that map's m
 
 def build_gain(p: GainParams, num_fg: int) -> GAIN:
     classifier = Classifier(p.backbone, num_fg, weights=p.weights)
-    return GAIN(classifier, sigma=p.sigma, omega=p.omega, differentiable=p.grad_weights == "differentiable",
-                masked_bn=p.masked_bn, erase=p.erase, am_grad=p.am_grad)
+    return GAIN(
+        classifier,
+        sigma=p.sigma,
+        omega=p.omega,
+        differentiable=p.grad_weights == "differentiable",
+        masked_bn=p.masked_bn,
+        erase=p.erase,
+        am_grad=p.am_grad,
+    )
 
 
 class AttentionIoU:
@@ -67,8 +74,11 @@ def evaluate_classifier(classifier, dataset: VOCDataset, rt: Runtime, *, batch_s
             if batch["has_mask"][i]:
                 attn_iou.update(a, batch["mask"][i].numpy(), c)
     p, y = torch.cat(probs).numpy(), torch.cat(labels).numpy()
-    return {"map": mean_average_precision(p, y), "exact_match": exact_match_accuracy(p, y),
-            "attn_miou": attn_iou.compute()}
+    return {
+        "map": mean_average_precision(p, y),
+        "exact_match": exact_match_accuracy(p, y),
+        "attn_miou": attn_iou.compute(),
+    }
 
 
 @torch.no_grad()
@@ -91,22 +101,33 @@ def attention_figure(classifier, dataset: VOCDataset, ids_idx: list[int], rt: Ru
     return grid_figure(rows)
 
 
-def train_gain(p: GainParams, index: DatasetIndex, rt: Runtime, tracker, *, seed: int, ckpt_dir: Path,
-               fingerprint: str, figure_dir: Path | None = None) -> dict:
+def train_gain(
+    p: GainParams,
+    index: DatasetIndex,
+    rt: Runtime,
+    tracker,
+    *,
+    seed: int,
+    ckpt_dir: Path,
+    fingerprint: str,
+    figure_dir: Path | None = None,
+) -> dict:
     """Train GAIN; returns the final dict (best metrics, history, model). Checkpoints go to ckpt_dir."""
     num_fg = index.num_classes - 1
     model = build_gain(p, num_fg).to(rt.device)
     if rt.channels_last:
         model = model.to(memory_format=torch.channels_last)
     pixel = set(index.splits.get("pixel", [])) if p.ext else set()
-    train_set = VOCDataset(index, index.splits["weak_train"], train_preset(p.input_size), seed=seed,
-                           with_masks=pixel)
+    train_set = VOCDataset(
+        index, index.splits["weak_train"], train_preset(p.input_size), seed=seed, with_masks=pixel
+    )
     val_set = VOCDataset(index, index.splits["val"], eval_preset(p.input_size), seed=seed)
     per_epoch = len(train_set) // rt.world_size // p.batch_size
     total = p.epochs * per_epoch
     warmup_steps = p.warmup_epochs * per_epoch
-    optimizer = torch.optim.SGD(unwrap(model).classifier.param_groups(p.lr, p.weight_decay), lr=p.lr,
-                                momentum=p.momentum)
+    optimizer = torch.optim.SGD(
+        unwrap(model).classifier.param_groups(p.lr, p.weight_decay), lr=p.lr, momentum=p.momentum
+    )
     for g, mult in zip(optimizer.param_groups, (1, 10), strict=True):
         g["lr_mult"] = mult
     net = DistributedDataParallel(model) if rt.world_size > 1 else model
@@ -146,11 +167,27 @@ def train_gain(p: GainParams, index: DatasetIndex, rt: Runtime, tracker, *, seed
                 plt.close(fig)
         return metrics
 
-    result = fit(model=net, optimizer=optimizer, lr_at=lr_at, dataset=train_set, batch_size=p.batch_size,
-                 total_steps=total, seed=seed, rt=rt, workers=p.workers, step_fn=step_fn, eval_fn=eval_fn,
-                 eval_every=per_epoch, ckpt_dir=ckpt_dir, ckpt_every=p.ckpt_every, fingerprint=fingerprint,
-                 tracker=tracker, best_key="map", desc="gain",
-                 extra_state=lambda: {"params": asdict(p), "classes": list(index.classes)})
+    result = fit(
+        model=net,
+        optimizer=optimizer,
+        lr_at=lr_at,
+        dataset=train_set,
+        batch_size=p.batch_size,
+        total_steps=total,
+        seed=seed,
+        rt=rt,
+        workers=p.workers,
+        step_fn=step_fn,
+        eval_fn=eval_fn,
+        eval_every=per_epoch,
+        ckpt_dir=ckpt_dir,
+        ckpt_every=p.ckpt_every,
+        fingerprint=fingerprint,
+        tracker=tracker,
+        best_key="map",
+        desc="gain",
+        extra_state=lambda: {"params": asdict(p), "classes": list(index.classes)},
+    )
     return {"result": result, "model": unwrap(model)}
 
 
@@ -162,5 +199,7 @@ def load_classifier(path: Path) -> tuple[Classifier, dict]:
     p = state["params"]
     classifier = Classifier(p["backbone"], len(state["classes"]) - 1, weights="none")
     prefix = "classifier."
-    classifier.load_state_dict({k[len(prefix):]: v for k, v in state["model"].items() if k.startswith(prefix)})
+    classifier.load_state_dict(
+        {k[len(prefix) :]: v for k, v in state["model"].items() if k.startswith(prefix)}
+    )
     return classifier.eval(), p

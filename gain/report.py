@@ -29,11 +29,20 @@ def _pct(x) -> str:
     return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.1f}"
 
 
-def render(*, dataset: str, method: str, metrics: dict, per_class: list[dict], commands: list[str],
-           figures: dict[str, str]) -> str:
+def render(
+    *,
+    dataset: str,
+    method: str,
+    metrics: dict,
+    per_class: list[dict],
+    commands: list[str],
+    figures: dict[str, str],
+) -> str:
     """Markdown report. metrics: the evaluate stage's metrics.json dict."""
     is_voc = dataset == "voc"
-    ds_label = "PASCAL VOC 2012 val" if is_voc else "built-in SYNTHETIC set (val split) - not comparable to VOC"
+    ds_label = (
+        "PASCAL VOC 2012 val" if is_voc else "built-in SYNTHETIC set (val split) - not comparable to VOC"
+    )
     lines = [
         "# GAIN -> SEC evaluation report",
         "",
@@ -48,7 +57,8 @@ def render(*, dataset: str, method: str, metrics: dict, per_class: list[dict], c
         ours = name == method
         lines.append(
             f"| {name}{' (this run)' if ours else ''} | {_pct(metrics['sec_miou']) if ours else ''} | "
-            f"{_pct(metrics.get('sec_crf_miou')) if ours else ''} | {paper['no_crf']} | {paper['crf']} |")
+            f"{_pct(metrics.get('sec_crf_miou')) if ours else ''} | {paper['no_crf']} | {paper['crf']} |"
+        )
     lines += [
         "",
         f"The paper's numbers are PASCAL VOC 2012 val; {'this run is on VOC too.' if is_voc else 'this run is on the synthetic set, so only the ordering across methods is comparable, never the values.'}",
@@ -80,11 +90,17 @@ def render(*, dataset: str, method: str, metrics: dict, per_class: list[dict], c
         for name, v in PAPER_BIAS.items():
             lines.append(f"| paper, {name} (VOC boat/water) | {v['object_only']} | {v['context_only']} |")
         lines.append("")
-    lines += ["## Per-class IoU (val, no CRF)", "", "| class | IoU | precision | recall | gt pixels |",
-              "|---|---|---|---|---|"]
+    lines += [
+        "## Per-class IoU (val, no CRF)",
+        "",
+        "| class | IoU | precision | recall | gt pixels |",
+        "|---|---|---|---|---|",
+    ]
     for row in per_class:
-        lines.append(f"| {row['class']} | {_pct(row['iou'])} | {_pct(row['precision'])} | {_pct(row['recall'])} | "
-                     f"{row['gt_pixels']} |")
+        lines.append(
+            f"| {row['class']} | {_pct(row['iou'])} | {_pct(row['precision'])} | {_pct(row['recall'])} | "
+            f"{row['gt_pixels']} |"
+        )
     lines += ["", "## Figures", ""]
     for title, path in figures.items():
         lines += [f"### {title}", "", f"![{title}]({path})", ""]

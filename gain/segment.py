@@ -28,10 +28,14 @@ def build_sec(p: SecParams, num_classes: int, gain_ckpt: Path | None) -> LargeFO
             raise FileNotFoundError(f"{gain_ckpt}: sec.init is 'gain' but the GAIN checkpoint is missing")
         state = load_checkpoint(gain_ckpt)
         if state["params"]["backbone"] != p.backbone:
-            raise ValueError(f"sec.init: gain needs sec.backbone == gain.backbone, got {p.backbone!r} and "
-                             f"{state['params']['backbone']!r}")
+            raise ValueError(
+                f"sec.init: gain needs sec.backbone == gain.backbone, got {p.backbone!r} and "
+                f"{state['params']['backbone']!r}"
+            )
         prefix = "classifier.trunk."
-        model.trunk.load_state_dict({k[len(prefix):]: v for k, v in state["model"].items() if k.startswith(prefix)})
+        model.trunk.load_state_dict(
+            {k[len(prefix) :]: v for k, v in state["model"].items() if k.startswith(prefix)}
+        )
     return model
 
 
@@ -70,15 +74,26 @@ def segmentation_miou(model, dataset: VOCDataset, rt: Runtime) -> dict:
     return {"miou": res["miou"], "pixel_accuracy": res["pixel_accuracy"]}
 
 
-def train_sec(p: SecParams, index: DatasetIndex, rt: Runtime, tracker, *, seed: int, seeds_dir: Path,
-              gain_ckpt: Path | None, ckpt_dir: Path, fingerprint: str) -> dict:
+def train_sec(
+    p: SecParams,
+    index: DatasetIndex,
+    rt: Runtime,
+    tracker,
+    *,
+    seed: int,
+    seeds_dir: Path,
+    gain_ckpt: Path | None,
+    ckpt_dir: Path,
+    fingerprint: str,
+) -> dict:
     """Train SEC with seed, expand and constrain losses; returns {"result": FitResult, "model": LargeFOV}."""
     n = index.num_classes
     model = build_sec(p, n, gain_ckpt).to(rt.device)
     if rt.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    train_set = VOCDataset(index, index.splits["weak_train"], train_preset(p.input_size), seed=seed,
-                           mask_root=seeds_dir)
+    train_set = VOCDataset(
+        index, index.splits["weak_train"], train_preset(p.input_size), seed=seed, mask_root=seeds_dir
+    )
     val_set = VOCDataset(index, index.splits["val"], eval_preset(p.input_size), keep_original=True)
     optimizer = torch.optim.SGD(model.param_groups(p.lr, p.weight_decay), lr=p.lr, momentum=p.momentum)
     net = DistributedDataParallel(model) if rt.world_size > 1 else model
@@ -105,11 +120,27 @@ def train_sec(p: SecParams, index: DatasetIndex, rt: Runtime, tracker, *, seed: 
         return segmentation_miou(unwrap(model), val_set, rt) if rt.is_main else {}
 
     try:
-        result = fit(model=net, optimizer=optimizer, lr_at=lr_at, dataset=train_set, batch_size=p.batch_size,
-                     total_steps=p.iterations, seed=seed, rt=rt, workers=p.workers, step_fn=step_fn,
-                     eval_fn=eval_fn, eval_every=p.eval_every, ckpt_dir=ckpt_dir, ckpt_every=p.ckpt_every,
-                     fingerprint=fingerprint, tracker=tracker, best_key="miou", desc="sec",
-                     extra_state=lambda: {"params": asdict(p), "classes": list(index.classes)})
+        result = fit(
+            model=net,
+            optimizer=optimizer,
+            lr_at=lr_at,
+            dataset=train_set,
+            batch_size=p.batch_size,
+            total_steps=p.iterations,
+            seed=seed,
+            rt=rt,
+            workers=p.workers,
+            step_fn=step_fn,
+            eval_fn=eval_fn,
+            eval_every=p.eval_every,
+            ckpt_dir=ckpt_dir,
+            ckpt_every=p.ckpt_every,
+            fingerprint=fingerprint,
+            tracker=tracker,
+            best_key="miou",
+            desc="sec",
+            extra_state=lambda: {"params": asdict(p), "classes": list(index.classes)},
+        )
     finally:
         pool.close()
     return {"result": result, "model": unwrap(model)}

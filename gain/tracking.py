@@ -36,8 +36,11 @@ def repo_root() -> Path:
 
 
 def tracking_uri(params: Params) -> str:
-    return (os.environ.get("MLFLOW_TRACKING_URI") or params.mlflow.tracking_uri
-            or f"sqlite:///{repo_root() / 'mlflow.db'}")
+    return (
+        os.environ.get("MLFLOW_TRACKING_URI")
+        or params.mlflow.tracking_uri
+        or f"sqlite:///{repo_root() / 'mlflow.db'}"
+    )
 
 
 def check_reachable(uri: str, timeout: float = 5.0) -> None:
@@ -57,7 +60,9 @@ def check_reachable(uri: str, timeout: float = 5.0) -> None:
 
 def _git_commit(root: Path) -> str:
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10
+        )
         return out.stdout.strip() if out.returncode == 0 else "unknown"
     except OSError:
         return "unknown"
@@ -143,8 +148,9 @@ class StageRun(NullRun):
 
         # Explicit requirements and pickle format: the default pt2 export needs an input example and
         # pip inference takes ~10 s.
-        mlflow.pytorch.log_model(model, name=name, serialization_format="pickle",
-                                 pip_requirements=["torch", "torchvision"])
+        mlflow.pytorch.log_model(
+            model, name=name, serialization_format="pickle", pip_requirements=["torch", "torchvision"]
+        )
 
     def set_tags(self, tags: dict) -> None:
         import mlflow
@@ -191,17 +197,23 @@ def stage_run(stage: str, params: Params, *, enabled: bool = True) -> Iterator[N
     try:
         exp_id = _experiment_id(client, params.mlflow.experiment, root)
     except Exception as e:
-        raise TrackingError(f"MLflow store {uri}: cannot open experiment {params.mlflow.experiment!r} ({e})") from e
+        raise TrackingError(
+            f"MLflow store {uri}: cannot open experiment {params.mlflow.experiment!r} ({e})"
+        ) from e
 
     pid = pipeline_id()
-    parents = client.search_runs([exp_id], filter_string=f"tags.pipeline_id = '{pid}' and tags.kind = 'pipeline'",
-                                 max_results=1)
+    parents = client.search_runs(
+        [exp_id], filter_string=f"tags.pipeline_id = '{pid}' and tags.kind = 'pipeline'", max_results=1
+    )
     exp_name = os.environ.get("DVC_EXP_NAME", "")
     if parents:
         parent_id = parents[0].info.run_id
     else:
-        parent = client.create_run(exp_id, run_name=f"pipeline {exp_name or pid}",
-                                   tags={"kind": "pipeline", "pipeline_id": pid, "dvc_exp_name": exp_name})
+        parent = client.create_run(
+            exp_id,
+            run_name=f"pipeline {exp_name or pid}",
+            tags={"kind": "pipeline", "pipeline_id": pid, "dvc_exp_name": exp_name},
+        )
         parent_id = parent.info.run_id
         client.set_terminated(parent_id)
 
@@ -222,10 +234,16 @@ def stage_run(stage: str, params: Params, *, enabled: bool = True) -> Iterator[N
         client.log_dict(run.info.run_id, section_dict(params, tuple(STAGE_PARAMS_ALL)), "params.json")
         tracker = StageRun(run.info.run_id)
         yield tracker
-        write_json(Path("runs") / f"{stage}.json",
-                   {"run_id": run.info.run_id, "pipeline_id": pid, "experiment_id": exp_id,
-                    "tracking_uri": uri, "params_hash": tags["params_hash"]})
+        write_json(
+            Path("runs") / f"{stage}.json",
+            {
+                "run_id": run.info.run_id,
+                "pipeline_id": pid,
+                "experiment_id": exp_id,
+                "tracking_uri": uri,
+                "params_hash": tags["params_hash"],
+            },
+        )
 
 
 STAGE_PARAMS_ALL = ("seed", "device", "deterministic", "mlflow", "data", "gain", "seeds", "sec", "evaluate")
-

@@ -70,16 +70,24 @@ def labels_from_mask(mask: np.ndarray, num_classes: int) -> np.ndarray:
     return label
 
 
-def write_annotation_xml(path: str | Path, image_id: str, size: tuple[int, int],
-                         objects: list[tuple[str, tuple[int, int, int, int]]]) -> None:
+def write_annotation_xml(
+    path: str | Path,
+    image_id: str,
+    size: tuple[int, int],
+    objects: list[tuple[str, tuple[int, int, int, int]]],
+) -> None:
     """Write a minimal VOC Annotations XML; objects are (name, (xmin, ymin, xmax, ymax))."""
     from gain.io import write_text
 
     h, w = size
-    parts = [f"<annotation><folder>VOC2012</folder><filename>{image_id}.jpg</filename>",
-             f"<size><width>{w}</width><height>{h}</height><depth>3</depth></size>"]
+    parts = [
+        f"<annotation><folder>VOC2012</folder><filename>{image_id}.jpg</filename>",
+        f"<size><width>{w}</width><height>{h}</height><depth>3</depth></size>",
+    ]
     for name, (x0, y0, x1, y1) in objects:
-        parts.append(f"<object><name>{name}</name><difficult>0</difficult><bndbox><xmin>{x0}</xmin>"
-                     f"<ymin>{y0}</ymin><xmax>{x1}</xmax><ymax>{y1}</ymax></bndbox></object>")
+        parts.append(
+            f"<object><name>{name}</name><difficult>0</difficult><bndbox><xmin>{x0}</xmin>"
+            f"<ymin>{y0}</ymin><xmax>{x1}</xmax><ymax>{y1}</ymax></bndbox></object>"
+        )
     parts.append("</annotation>\n")
     write_text(path, "".join(parts))

@@ -37,22 +37,30 @@ def voc_index(p: DataParams, seed: int) -> tuple[DatasetIndex, dict]:
 
     root = Path(p.voc_root) if p.voc_root else prepare_voc(Path(p.voc_cache), list(p.voc_urls), p.voc_md5)
     if not (root / "JPEGImages").is_dir():
-        raise FileNotFoundError(f"data.voc_root: {root} has no JPEGImages folder (expected .../VOCdevkit/VOC2012)")
+        raise FileNotFoundError(
+            f"data.voc_root: {root} has no JPEGImages folder (expected .../VOCdevkit/VOC2012)"
+        )
     available = {f.stem for f in (root / "JPEGImages").glob("*.jpg")}
     weak = [i for i in VOC_TRAIN_AUG.read_text().split() if i in available]
     train = read_split(root, "train")
     rng = np.random.default_rng(seed)
     pixel = sorted(rng.permutation(train)[: p.voc_pixel_labelled].tolist())
     splits = {"weak_train": weak, "seed_eval": train, "val": read_split(root, "val"), "pixel": pixel}
-    return build_index(root, "voc", splits), {"train_aug_missing": len(VOC_TRAIN_AUG.read_text().split()) - len(weak)}
+    return build_index(root, "voc", splits), {
+        "train_aug_missing": len(VOC_TRAIN_AUG.read_text().split()) - len(weak)
+    }
 
 
 def statistics(index: DatasetIndex, extra: dict) -> dict:
     stats = {"images": {k: len(v) for k, v in index.splits.items()}, "num_classes": index.num_classes}
     for split in ("weak_train", "val"):
         counts = Counter(c for i in index.splits[split] for c in index.labels[i])
-        stats[f"class_images_{split}"] = {index.classes[c]: counts.get(c, 0) for c in range(1, index.num_classes)}
-        stats[f"labels_per_image_{split}"] = float(np.mean([len(index.labels[i]) for i in index.splits[split]]))
+        stats[f"class_images_{split}"] = {
+            index.classes[c]: counts.get(c, 0) for c in range(1, index.num_classes)
+        }
+        stats[f"labels_per_image_{split}"] = float(
+            np.mean([len(index.labels[i]) for i in index.splits[split]])
+        )
     for k, v in extra.items():
         if isinstance(v, int | float):
             stats[k] = v

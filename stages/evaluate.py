@@ -69,7 +69,9 @@ def score_seeds(index: DatasetIndex, bg_threshold_of_dense: float):
         seeds = read_label_png(seed_png)
         seeds_cm.update(gt, seeds)
         attn, classes = load_attention(SEEDS / "attn" / f"{image_id}.npz")
-        attn_cm.update(gt, dense_from_attention(np.clip(attn, 0, 1), classes, bg_threshold=bg_threshold_of_dense))
+        attn_cm.update(
+            gt, dense_from_attention(np.clip(attn, 0, 1), classes, bg_threshold=bg_threshold_of_dense)
+        )
         valid = gt != 255
         lab = valid & (seeds != 255)
         labeled += lab.sum()
@@ -78,8 +80,15 @@ def score_seeds(index: DatasetIndex, bg_threshold_of_dense: float):
         fg = valid & (gt > 0)
         fg_total += fg.sum()
         fg_hit += (fg & (seeds == gt)).sum()
-    return seeds_cm, attn_cm, {"seed_precision": correct / max(labeled, 1), "seed_recall": fg_hit / max(fg_total, 1),
-                               "seed_labeled_fraction": labeled / max(total, 1)}
+    return (
+        seeds_cm,
+        attn_cm,
+        {
+            "seed_precision": correct / max(labeled, 1),
+            "seed_recall": fg_hit / max(fg_total, 1),
+            "seed_labeled_fraction": labeled / max(total, 1),
+        },
+    )
 
 
 @torch.no_grad()
@@ -112,8 +121,9 @@ def main() -> None:
     with stage_run("evaluate", params) as run:
         model, sec_p = load_segmenter(SEC_MODEL)
         model.to(rt.device)
-        plain, crf_cm, vis = score_sec(model, index, p.split, rt, p, input_size=sec_p["input_size"],
-                                       n_vis=p.vis_images)
+        plain, crf_cm, vis = score_sec(
+            model, index, p.split, rt, p, input_size=sec_p["input_size"], n_vis=p.vis_images
+        )
         res = plain.compute(index.classes)
         seeds_cm, attn_cm, seed_stats = score_seeds(index, bg_threshold_of_dense=params.seeds.bg_threshold)
         gain_state = torch.load(GAIN_MODEL, map_location="cpu", weights_only=True)
@@ -132,31 +142,64 @@ def main() -> None:
         if crf_cm is not None:
             c = crf_cm.compute(index.classes)
             metrics["sec_crf_miou"], metrics["sec_crf_pixel_accuracy"] = c["miou"], c["pixel_accuracy"]
-        metrics = {k: (float(v) if isinstance(v, np.floating | np.integer) else v) for k, v in metrics.items()}
+        metrics = {
+            k: (float(v) if isinstance(v, np.floating | np.integer) else v) for k, v in metrics.items()
+        }
         write_json(REPORTS / "metrics.json", metrics)
         table = plain.per_class_table(index.classes)
         with atomic_path(REPORTS / "per_class_iou.csv") as tmp:
             table.to_csv(tmp, index=False)
         with atomic_path(REPORTS / "confusion.csv") as tmp:
             plain.to_dataframe(index.classes).to_csv(tmp)
-        save_figure(heatmap_figure(plain.mat, list(index.classes), title=f"SEC val confusion ({index.source})"),
-                    REPORTS / "confusion.png")
-        save_figure(bar_figure(list(index.classes), res["iou"], title="SEC per-class IoU (val, no CRF)",
-                               ylabel="IoU"), REPORTS / "per_class_iou.png")
+        save_figure(
+            heatmap_figure(plain.mat, list(index.classes), title=f"SEC val confusion ({index.source})"),
+            REPORTS / "confusion.png",
+        )
+        save_figure(
+            bar_figure(
+                list(index.classes), res["iou"], title="SEC per-class IoU (val, no CRF)", ylabel="IoU"
+            ),
+            REPORTS / "per_class_iou.png",
+        )
         save_figure(qualitative(vis, index, params.seeds, rt), REPORTS / "qualitative.png")
-        figures = {"Qualitative: image / GT / attention / seeds / SEC / SEC+CRF": "qualitative.png",
-                   "Per-class IoU": "per_class_iou.png", "Confusion matrix (row-normalised)": "confusion.png",
-                   "GAIN attention (fixed val images)": "gain/attention.png", "Seeds": "seeds/grid.png"}
-        commands = ["dvc repro", "dvc metrics show", f"# params: evaluate.split={p.split}, evaluate.crf={p.crf}"]
-        write_text(REPORTS / "report.md", render(dataset=index.source, method=method, metrics=metrics,
-                                                 per_class=table.to_dict("records"), commands=commands,
-                                                 figures=figures))
+        figures = {
+            "Qualitative: image / GT / attention / seeds / SEC / SEC+CRF": "qualitative.png",
+            "Per-class IoU": "per_class_iou.png",
+            "Confusion matrix (row-normalised)": "confusion.png",
+            "GAIN attention (fixed val images)": "gain/attention.png",
+            "Seeds": "seeds/grid.png",
+        }
+        commands = [
+            "dvc repro",
+            "dvc metrics show",
+            f"# params: evaluate.split={p.split}, evaluate.crf={p.crf}",
+        ]
+        write_text(
+            REPORTS / "report.md",
+            render(
+                dataset=index.source,
+                method=method,
+                metrics=metrics,
+                per_class=table.to_dict("records"),
+                commands=commands,
+                figures=figures,
+            ),
+        )
         run.log_metrics({f"eval/{k}": v for k, v in metrics.items() if isinstance(v, int | float)})
-        for name in ("metrics.json", "per_class_iou.csv", "confusion.csv", "confusion.png", "per_class_iou.png",
-                     "qualitative.png", "report.md"):
+        for name in (
+            "metrics.json",
+            "per_class_iou.csv",
+            "confusion.csv",
+            "confusion.png",
+            "per_class_iou.png",
+            "qualitative.png",
+            "report.md",
+        ):
             run.log_artifact(REPORTS / name, "report")
         crf_txt = f", with CRF {metrics['sec_crf_miou']:.3f}" if "sec_crf_miou" in metrics else ""
-        print(f"evaluate: SEC val mIoU {metrics['sec_miou']:.3f}{crf_txt}; seeds mIoU {metrics['seed_miou']:.3f}")
+        print(
+            f"evaluate: SEC val mIoU {metrics['sec_miou']:.3f}{crf_txt}; seeds mIoU {metrics['seed_miou']:.3f}"
+        )
 
 
 def qualitative(vis: list[dict], index: DatasetIndex, sp, rt):
@@ -165,15 +208,21 @@ def qualitative(vis: list[dict], index: DatasetIndex, sp, rt):
     classifier.to(rt.device)
     ds = VOCDataset(index, [v["item"]["id"] for v in vis], eval_preset(gp["input_size"]), keep_original=True)
     rows = []
-    for v, (_, attn, classes) in zip(vis, image_attention(classifier, ds, device=rt.device, batch_size=8,
-                                                          flip=sp.flip), strict=True):
+    for v, (_, attn, classes) in zip(
+        vis, image_attention(classifier, ds, device=rt.device, batch_size=8, flip=sp.flip), strict=True
+    ):
         item = v["item"]
         img = item["orig_image"]
-        cues = make_cues(attn, classes, fg_threshold=sp.fg_threshold, bg_threshold=sp.bg_threshold,
-                         conflict=sp.conflict)
-        row = [(img, item["id"]), (colorize(item["orig_mask"]), "ground truth"),
-               (overlay(img, attn.max(0) if len(attn) else np.zeros(img.shape[:2])), "attention"),
-               (colorize(cues), "seeds"), (colorize(v["pred"]), "SEC")]
+        cues = make_cues(
+            attn, classes, fg_threshold=sp.fg_threshold, bg_threshold=sp.bg_threshold, conflict=sp.conflict
+        )
+        row = [
+            (img, item["id"]),
+            (colorize(item["orig_mask"]), "ground truth"),
+            (overlay(img, attn.max(0) if len(attn) else np.zeros(img.shape[:2])), "attention"),
+            (colorize(cues), "seeds"),
+            (colorize(v["pred"]), "SEC"),
+        ]
         if v["crf_pred"] is not None:
             row.append((colorize(v["crf_pred"]), "SEC + CRF"))
         rows.append(row)

@@ -32,8 +32,16 @@ def main() -> None:
     fingerprint = params_hash({**section_dict(params, STAGE_PARAMS["gain"]), "data": INDEX.read_text()})
     try:
         with stage_run("gain", params, enabled=rt.is_main) as run:
-            out = train_gain(params.gain, index, rt, run, seed=params.seed, ckpt_dir=CKPT,
-                             fingerprint=fingerprint, figure_dir=REPORTS if rt.is_main else None)
+            out = train_gain(
+                params.gain,
+                index,
+                rt,
+                run,
+                seed=params.seed,
+                ckpt_dir=CKPT,
+                fingerprint=fingerprint,
+                figure_dir=REPORTS if rt.is_main else None,
+            )
             if not rt.is_main:
                 return
             res = out["result"]
@@ -41,14 +49,17 @@ def main() -> None:
             with atomic_path(REPORTS / "history.csv") as tmp:
                 history.to_csv(tmp, index=False)
             final = {f"best_{k}": v for k, v in res.best.items()} | {
-                f"last_{k}": v for k, v in res.history[-1].items()}
+                f"last_{k}": v for k, v in res.history[-1].items()
+            }
             final["resumed_from_step"] = res.resumed_from
             write_json(REPORTS / "metrics.json", final)
             run.log_metrics({k: v for k, v in final.items() if isinstance(v, int | float)})
             run.log_artifact(REPORTS)
             run.log_model(out["model"].classifier.cpu(), "model")
-            print(f"gain: best val mAP {res.best['map']:.3f} (step {res.best['step']}), "
-                  f"attention mIoU {res.best['attn_miou']:.3f}")
+            print(
+                f"gain: best val mAP {res.best['map']:.3f} (step {res.best['step']}), "
+                f"attention mIoU {res.best['attn_miou']:.3f}"
+            )
     finally:
         teardown_runtime()
 

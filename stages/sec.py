@@ -37,15 +37,25 @@ def main() -> None:
     fingerprint = params_hash({**section_dict(params, STAGE_PARAMS["sec"]), "inputs": inputs})
     try:
         with stage_run("sec", params, enabled=rt.is_main) as run:
-            out = train_sec(params.sec, index, rt, run, seed=params.seed, seeds_dir=SEEDS, gain_ckpt=GAIN_MODEL,
-                            ckpt_dir=CKPT, fingerprint=fingerprint)
+            out = train_sec(
+                params.sec,
+                index,
+                rt,
+                run,
+                seed=params.seed,
+                seeds_dir=SEEDS,
+                gain_ckpt=GAIN_MODEL,
+                ckpt_dir=CKPT,
+                fingerprint=fingerprint,
+            )
             if not rt.is_main:
                 return
             res = out["result"]
             with atomic_path(REPORTS / "history.csv") as tmp:
                 pd.DataFrame(res.history).to_csv(tmp, index=False)
             final = {f"best_{k}": v for k, v in res.best.items()} | {
-                f"last_{k}": v for k, v in res.history[-1].items()}
+                f"last_{k}": v for k, v in res.history[-1].items()
+            }
             final["resumed_from_step"] = res.resumed_from
             write_json(REPORTS / "metrics.json", final)
             run.log_metrics({k: v for k, v in final.items() if isinstance(v, int | float)})

@@ -49,33 +49,47 @@ def main() -> None:
         seed_eval = set(index.splits["seed_eval"])
         metrics, vis = {}, []
         splits = {"train": index.splits["weak_train"]}
-        splits.update({k: index.splits[k] for k in ("bias_object_only", "bias_context_only") if k in index.splits})
+        splits.update(
+            {k: index.splits[k] for k in ("bias_object_only", "bias_context_only") if k in index.splits}
+        )
         start, n_images = time.perf_counter(), 0
         for split, ids in splits.items():
             ds = VOCDataset(index, ids, eval_preset(gain_p["input_size"]), keep_original=True)
             quality, dense = SeedQuality(n), ConfusionMatrix(n)
-            for item, attn, classes in image_attention(classifier, ds, device=rt.device, batch_size=p.batch_size,
-                                                       flip=p.flip, autocast=rt.autocast):
-                cues = make_cues(attn, classes, fg_threshold=p.fg_threshold, bg_threshold=p.bg_threshold,
-                                 conflict=p.conflict)
+            for item, attn, classes in image_attention(
+                classifier, ds, device=rt.device, batch_size=p.batch_size, flip=p.flip, autocast=rt.autocast
+            ):
+                cues = make_cues(
+                    attn,
+                    classes,
+                    fg_threshold=p.fg_threshold,
+                    bg_threshold=p.bg_threshold,
+                    conflict=p.conflict,
+                )
                 n_images += 1
                 if split == "train":
                     save_palette_png(tmp / f"{item['id']}.png", cues, voc_palette())
                     save_attention(tmp / "attn" / f"{item['id']}.npz", attn, classes)
                 if item["has_mask"] and (split != "train" or item["id"] in seed_eval):
                     quality.update(cues, item["orig_mask"])
-                    dense.update(item["orig_mask"], dense_from_attention(attn, classes,
-                                                                         bg_threshold=p.bg_threshold))
+                    dense.update(
+                        item["orig_mask"], dense_from_attention(attn, classes, bg_threshold=p.bg_threshold)
+                    )
                     if split == "train" and len(vis) < 6:
                         vis.append((item, attn, cues))
             q = quality.compute()
             d = dense.compute(index.classes)
-            metrics[split] = {"seed_precision": q["precision"], "seed_recall": q["recall"],
-                              "labeled_fraction": q["labeled_fraction"], "bg_precision": q["bg_precision"],
-                              "fg_precision": q["fg_precision"], "dense_miou": d["miou"],
-                              "class_precision": dict(zip(index.classes, q["class_precision"], strict=True)),
-                              "class_recall": dict(zip(index.classes, q["class_recall"], strict=True)),
-                              "dense_class_iou": dict(zip(index.classes, d["iou"], strict=True))}
+            metrics[split] = {
+                "seed_precision": q["precision"],
+                "seed_recall": q["recall"],
+                "labeled_fraction": q["labeled_fraction"],
+                "bg_precision": q["bg_precision"],
+                "fg_precision": q["fg_precision"],
+                "dense_miou": d["miou"],
+                "class_precision": dict(zip(index.classes, q["class_precision"], strict=True)),
+                "class_recall": dict(zip(index.classes, q["class_recall"], strict=True)),
+                "dense_class_iou": dict(zip(index.classes, d["iou"], strict=True)),
+            }
         images_per_s = n_images / (time.perf_counter() - start)
         if OUT.exists():
             shutil.rmtree(OUT)
@@ -90,18 +104,25 @@ def main() -> None:
         save_figure(fig, REPORTS / "grid.png")
         run.log_artifact(REPORTS)
         t = metrics["train"]
-        print(f"seeds: {n_images} images at {images_per_s:.1f} img/s; train precision "
-              f"{t['seed_precision']:.3f} recall {t['seed_recall']:.3f} labeled {t['labeled_fraction']:.3f} "
-              f"dense mIoU {t['dense_miou']:.3f}")
+        print(
+            f"seeds: {n_images} images at {images_per_s:.1f} img/s; train precision "
+            f"{t['seed_precision']:.3f} recall {t['seed_recall']:.3f} labeled {t['labeled_fraction']:.3f} "
+            f"dense mIoU {t['dense_miou']:.3f}"
+        )
 
 
 def seed_figure(vis, classes):
     rows = []
     for item, attn, cues in vis:
         img = item["orig_image"]
-        rows.append([(img, item["id"]), (colorize(item["orig_mask"]), "ground truth"),
-                     (overlay(img, attn.max(axis=0)), "attention (max over classes)"),
-                     (colorize(cues), "seeds")])
+        rows.append(
+            [
+                (img, item["id"]),
+                (colorize(item["orig_mask"]), "ground truth"),
+                (overlay(img, attn.max(axis=0)), "attention (max over classes)"),
+                (colorize(cues), "seeds"),
+            ]
+        )
     return grid_figure(rows)
 
 

@@ -20,8 +20,9 @@ def main(out: Path) -> None:
     index = DatasetIndex.load("data/dataset/index.json")
     with stage_run("gain", params, enabled=rt.is_main) as run:
         run.set_tags({"rank": str(rt.rank)})
-        res = train_gain(params.gain, index, rt, run, seed=params.seed, ckpt_dir=Path("models/gain"),
-                         fingerprint="ddp")
+        res = train_gain(
+            params.gain, index, rt, run, seed=params.seed, ckpt_dir=Path("models/gain"), fingerprint="ddp"
+        )
     out.mkdir(parents=True, exist_ok=True)
     torch.save(res["model"].state_dict(), out / f"rank{rt.rank}.pt")
     teardown_runtime()

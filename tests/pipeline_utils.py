@@ -15,12 +15,28 @@ BIN = Path(sys.executable).parent
 
 # A pipeline small enough for tests (seconds per stage) that still exercises every code path.
 TINY = {
-    "data": {"synthetic": {"num_classes": 3, "image_size": 48, "n_train": 16, "n_val": 6, "n_bias_eval": 4,
-                           "max_objects": 2, "pixel_labelled": 4}},
+    "data": {
+        "synthetic": {
+            "num_classes": 3,
+            "image_size": 48,
+            "n_train": 16,
+            "n_val": 6,
+            "n_bias_eval": 4,
+            "max_objects": 2,
+            "pixel_labelled": 4,
+        }
+    },
     "gain": {"input_size": 48, "batch_size": 4, "epochs": 2, "ckpt_every": 2, "vis_images": 2},
     "seeds": {"batch_size": 8},
-    "sec": {"input_size": 48, "batch_size": 4, "iterations": 6, "lr_step": 4, "eval_every": 3, "ckpt_every": 2,
-            "crf_workers": 0},
+    "sec": {
+        "input_size": 48,
+        "batch_size": 4,
+        "iterations": 6,
+        "lr_step": 4,
+        "eval_every": 3,
+        "ckpt_every": 2,
+        "crf_workers": 0,
+    },
     "evaluate": {"crf_workers": 0, "vis_images": 2},
 }
 
@@ -41,8 +57,13 @@ def write_params(repo: Path, overrides: dict) -> None:
 
 
 def tracked_files() -> list[str]:
-    out = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=REPO,
-                         capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return [f for f in out.stdout.splitlines() if (REPO / f).is_file()]
 
 
@@ -64,17 +85,30 @@ def make_repo(dest: Path, overrides: dict | None = None) -> Path:
 
 def env_for(repo: Path) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_", "GAIN_"))}
-    env.update({"PATH": f"{BIN}{os.pathsep}{env.get('PATH', '')}", "DVC_NO_ANALYTICS": "1",
-                "DVC_SITE_CACHE_DIR": str(repo / ".dvc_site_cache"), "PYTHONUNBUFFERED": "1",
-                "OMP_NUM_THREADS": "2", "GIT_AUTHOR_NAME": "test", "GIT_AUTHOR_EMAIL": "test@example.com",
-                "GIT_COMMITTER_NAME": "test", "GIT_COMMITTER_EMAIL": "test@example.com"})
+    env.update(
+        {
+            "PATH": f"{BIN}{os.pathsep}{env.get('PATH', '')}",
+            "DVC_NO_ANALYTICS": "1",
+            "DVC_SITE_CACHE_DIR": str(repo / ".dvc_site_cache"),
+            "PYTHONUNBUFFERED": "1",
+            "OMP_NUM_THREADS": "2",
+            "GIT_AUTHOR_NAME": "test",
+            "GIT_AUTHOR_EMAIL": "test@example.com",
+            "GIT_COMMITTER_NAME": "test",
+            "GIT_COMMITTER_EMAIL": "test@example.com",
+        }
+    )
     return env
 
 
 def run(cmd: list[str], repo: Path, *, check: bool = True, timeout: float = 600, env: dict | None = None):
-    res = subprocess.run(cmd, cwd=repo, env=env or env_for(repo), capture_output=True, text=True, timeout=timeout)
+    res = subprocess.run(
+        cmd, cwd=repo, env=env or env_for(repo), capture_output=True, text=True, timeout=timeout
+    )
     if check and res.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd)} failed ({res.returncode}):\n{res.stdout[-4000:]}\n{res.stderr[-4000:]}")
+        raise AssertionError(
+            f"{' '.join(cmd)} failed ({res.returncode}):\n{res.stdout[-4000:]}\n{res.stderr[-4000:]}"
+        )
     return res
 
 

@@ -25,7 +25,12 @@ def test_voc_from_existing_root_labels_match_official(tmp_path):
     assert index["source"] == "voc" and len(index["classes"]) == 21
     assert index["splits"]["val"] == ["2007_000129"]
     # train_aug ids that exist in the sample devkit; the 10,582-id list ships in data/voc_train_aug.txt
-    assert sorted(index["splits"]["weak_train"]) == ["2011_000003", "2011_000006", "2011_000025", "2011_003066"]
+    assert sorted(index["splits"]["weak_train"]) == [
+        "2011_000003",
+        "2011_000006",
+        "2011_000025",
+        "2011_003066",
+    ]
     official = json.loads((REPO / "tests/data/cls_labels_sample.json").read_text())
     for image_id, labels in index["labels"].items():
         expected = [i + 1 for i, v in enumerate(official[image_id]) if v]
@@ -48,8 +53,10 @@ def test_voc_download_from_loopback_mirror(tmp_path):
     try:
         port = server.server_address[1]
         urls = [f"http://127.0.0.1:{port}/missing.tar", f"http://127.0.0.1:{port}/{tar.name}"]
-        repo = make_repo(tmp_path / "repo", {"data": {"source": "voc", "voc_urls": urls, "voc_md5": file_md5(tar),
-                                                      "voc_cache": "data/voc"}})
+        repo = make_repo(
+            tmp_path / "repo",
+            {"data": {"source": "voc", "voc_urls": urls, "voc_md5": file_md5(tar), "voc_cache": "data/voc"}},
+        )
         python(repo, "-m", "stages.data")
     finally:
         server.shutdown()

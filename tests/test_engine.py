@@ -36,9 +36,25 @@ def toy_fit(tmp_path: Path, step_fn, total: int = 6, ckpt_every: int = 1):
     def fn(batch, step):
         return step_fn(model, batch, step)
 
-    return model, fit(model=model, optimizer=opt, lr_at=lambda s: 0.01, dataset=Toy(), batch_size=4,
-                      total_steps=total, seed=0, rt=CPU, workers=0, step_fn=fn, eval_fn=None, eval_every=100,
-                      ckpt_dir=tmp_path, ckpt_every=ckpt_every, fingerprint="f", tracker=NullRun(), best_key="x")
+    return model, fit(
+        model=model,
+        optimizer=opt,
+        lr_at=lambda s: 0.01,
+        dataset=Toy(),
+        batch_size=4,
+        total_steps=total,
+        seed=0,
+        rt=CPU,
+        workers=0,
+        step_fn=fn,
+        eval_fn=None,
+        eval_every=100,
+        ckpt_dir=tmp_path,
+        ckpt_every=ckpt_every,
+        fingerprint="f",
+        tracker=NullRun(),
+        best_key="x",
+    )
 
 
 def test_nan_loss_stops_with_step_and_name_and_keeps_last_good_checkpoint(tmp_path):
@@ -89,8 +105,14 @@ def test_gain_stage_killed_midway_resumes_to_identical_weights(tmp_path):
     repo = make_repo(tmp_path / "killed", GAIN_RESUME)
     dvc(repo, "repro", "data")
     env = env_for(repo)
-    proc = subprocess.Popen([sys.executable, "-m", "stages.pretrain"], cwd=repo, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "stages.pretrain"],
+        cwd=repo,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     last = repo / "models/gain/last.pt"
     deadline = time.time() + 240
     killed_at = None
@@ -126,9 +148,14 @@ def test_ddp_two_cpu_ranks_identical_weights_and_rank1_logs_nothing(tmp_path):
     dvc(repo, "repro", "data")
     out = tmp_path / "ranks"
     env = env_for(repo) | {"OMP_NUM_THREADS": "1"}
-    res = subprocess.run([str(BIN / "torchrun"), "--standalone", "--nproc_per_node", "2", "-m", "tests.ddp_worker",
-                          str(out)],
-                         cwd=repo, env=env, capture_output=True, text=True, timeout=300)
+    res = subprocess.run(
+        [str(BIN / "torchrun"), "--standalone", "--nproc_per_node", "2", "-m", "tests.ddp_worker", str(out)],
+        cwd=repo,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     w0 = torch.load(out / "rank0.pt", weights_only=True)
     w1 = torch.load(out / "rank1.pt", weights_only=True)

@@ -16,8 +16,13 @@ from tests.pipeline_utils import dvc, make_repo, python, write_params
 pytestmark = pytest.mark.e2e
 
 STAGES = ["data", "gain", "seeds", "sec", "evaluate"]
-METRICS = ["reports/data/stats.json", "reports/gain/metrics.json", "reports/seeds/metrics.json",
-           "reports/sec/metrics.json", "reports/metrics.json"]
+METRICS = [
+    "reports/data/stats.json",
+    "reports/gain/metrics.json",
+    "reports/seeds/metrics.json",
+    "reports/sec/metrics.json",
+    "reports/metrics.json",
+]
 
 
 def runs_by_stage(repo: Path) -> dict[str, list]:
@@ -50,7 +55,9 @@ def test_data_stage_outputs_and_mlflow_run(pipeline):
 
     runs = runs_by_stage(repo)
     (data_run,) = runs["data"]
-    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True).stdout.strip()
+    head = subprocess.run(
+        ["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True
+    ).stdout.strip()
     tags = data_run.data.tags
     assert tags["git_commit"] == head
     assert tags["dvc_stage"] == "data" and len(tags["params_hash"]) == 16
@@ -92,8 +99,14 @@ def test_outputs_of_every_stage(pipeline):
         assert json.loads((repo / path).read_text())
     metrics = json.loads((repo / "reports/metrics.json").read_text())
     assert 0.0 <= metrics["sec_miou"] <= 1.0 and "sec_crf_miou" in metrics
-    for name in ("per_class_iou.csv", "confusion.csv", "confusion.png", "per_class_iou.png", "qualitative.png",
-                 "report.md"):
+    for name in (
+        "per_class_iou.csv",
+        "confusion.csv",
+        "confusion.png",
+        "per_class_iou.png",
+        "qualitative.png",
+        "report.md",
+    ):
         assert (repo / "reports" / name).stat().st_size > 0, name
     report = (repo / "reports/report.md").read_text()
     assert "SYNTHETIC" in report and "55.3" in report

@@ -51,21 +51,31 @@ def attention_stats(classifier, index, ids):
 def trained(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("quality")
     root = tmp / "VOC2012"
-    generate(root, SyntheticConfig(n_train=96, n_val=32, n_bias_eval=8, image_size=SIZE, seed=0), progress=False)
+    generate(
+        root, SyntheticConfig(n_train=96, n_val=32, n_bias_eval=8, image_size=SIZE, seed=0), progress=False
+    )
     index = synthetic_dataset_index(root)
     base = GainParams(input_size=SIZE, batch_size=8, epochs=10, warmup_epochs=5, vis_images=0, lr=0.01)
     out = {"index": index, "tmp": tmp}
     for name, alpha in (("gradcam", 0.0), ("gain", 1.0)):
         seed_everything(0, True)
-        res = train_gain(replace(base, alpha=alpha), index, CPU, NullRun(), seed=0, ckpt_dir=tmp / name,
-                         fingerprint=name)
+        res = train_gain(
+            replace(base, alpha=alpha), index, CPU, NullRun(), seed=0, ckpt_dir=tmp / name, fingerprint=name
+        )
         clf = res["model"].classifier.eval()
         coverage, seeds, seed_miou = attention_stats(clf, index, index.splits["weak_train"])
         last = res["result"].history[-1]
-        out[name] = {"map": last["map"], "attn_miou": last["attn_miou"], "coverage": coverage, "seeds": seeds,
-                     "seed_miou": seed_miou}
-        print(f"{name}: val mAP {last['map']:.3f}, val attention mIoU {last['attn_miou']:.3f}, train object "
-              f"coverage {coverage:.3f}, seed mIoU {seed_miou:.3f}")
+        out[name] = {
+            "map": last["map"],
+            "attn_miou": last["attn_miou"],
+            "coverage": coverage,
+            "seeds": seeds,
+            "seed_miou": seed_miou,
+        }
+        print(
+            f"{name}: val mAP {last['map']:.3f}, val attention mIoU {last['attn_miou']:.3f}, train object "
+            f"coverage {coverage:.3f}, seed mIoU {seed_miou:.3f}"
+        )
     return out
 
 
@@ -93,19 +103,40 @@ def test_sec_on_gain_seeds_beats_the_seeds_own_miou(trained):
     for image_id, cues in trained["gain"]["seeds"].items():
         save_palette_png(seeds_dir / f"{image_id}.png", cues, voc_palette())
     seed_everything(0, True)
-    p = SecParams(init="gain", input_size=SIZE, batch_size=8, iterations=300, lr_step=200, eval_every=300,
-                  ckpt_every=300, crf_workers=0)
-    res = train_sec(p, index, CPU, NullRun(), seed=0, seeds_dir=seeds_dir, gain_ckpt=tmp / "gain" / "best.pt", ckpt_dir=tmp / "sec",
-                    fingerprint="sec")
+    p = SecParams(
+        init="gain",
+        input_size=SIZE,
+        batch_size=8,
+        iterations=300,
+        lr_step=200,
+        eval_every=300,
+        ckpt_every=300,
+        crf_workers=0,
+    )
+    res = train_sec(
+        p,
+        index,
+        CPU,
+        NullRun(),
+        seed=0,
+        seeds_dir=seeds_dir,
+        gain_ckpt=tmp / "gain" / "best.pt",
+        ckpt_dir=tmp / "sec",
+        fingerprint="sec",
+    )
     from gain.crf import dense_crf
 
     ds = VOCDataset(index, index.splits["val"], eval_preset(SIZE), keep_original=True)
     plain, crf = ConfusionMatrix(index.num_classes), ConfusionMatrix(index.num_classes)
     for item, probs in predict(res["model"], ds, CPU):
         plain.update(item["orig_mask"], probs.argmax(0))
-        crf.update(item["orig_mask"], dense_crf(item["orig_image"], probs.astype(np.float32), scale=1.0).argmax(0))
+        crf.update(
+            item["orig_mask"], dense_crf(item["orig_image"], probs.astype(np.float32), scale=1.0).argmax(0)
+        )
     sec_miou, sec_crf_miou = plain.compute()["miou"], crf.compute()["miou"]
-    print(f"SEC val mIoU {sec_miou:.3f} (with test-time CRF {sec_crf_miou:.3f}); GAIN seed mIoU "
-          f"{trained['gain']['seed_miou']:.3f}")
+    print(
+        f"SEC val mIoU {sec_miou:.3f} (with test-time CRF {sec_crf_miou:.3f}); GAIN seed mIoU "
+        f"{trained['gain']['seed_miou']:.3f}"
+    )
     # SEC reports its test-time-CRF number; the raw one is printed above
     assert sec_crf_miou > trained["gain"]["seed_miou"]

@@ -1,0 +1,1 @@
+"""Speed and memory benchmarks of the pipeline's hot paths (`python -m benchmarks.run`)."""
