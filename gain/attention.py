@@ -118,9 +118,11 @@ class GAIN(nn.Module):
         feats = self.classifier.features(x)
         logits = self.classifier.head(feats)
         pair_image, pair_class = label_pairs(labels)
+        if not mine:  # classification only (warm-up): no attention, no masked stream
+            return {"logits": logits, "pair_image": pair_image, "pair_class": pair_class}
         attn = grad_cam(feats, logits, pair_image, pair_class, differentiable=self.differentiable)
         out = {"logits": logits, "attn": attn, "pair_image": pair_image, "pair_class": pair_class}
-        if mine and pair_image.numel():
+        if pair_image.numel():
             t = soft_mask(attn, x.shape[-2:], sigma=self.sigma, omega=self.omega)
             src = x[pair_image]
             if self.erase == "black":

@@ -316,3 +316,22 @@ def fit(
     if resumed_from == total_steps and rt.is_main:
         print(f"{last_path}: already trained to step {total_steps}")
     return FitResult(step=step, history=history, best=best, resumed_from=resumed_from)
+
+
+def write_training_reports(result: FitResult, reports: Path, tracker) -> dict:
+    """history.csv (DVC plots) and metrics.json (best and last eval, resume point) of a finished run, also
+    logged to MLflow. Returns the metrics dict."""
+    import pandas as pd
+
+    from gain.io import write_json
+
+    with atomic_path(Path(reports) / "history.csv") as tmp:
+        pd.DataFrame(result.history).to_csv(tmp, index=False)
+    final = {f"best_{k}": v for k, v in result.best.items()} | {
+        f"last_{k}": v for k, v in result.history[-1].items()
+    }
+    final["resumed_from_step"] = result.resumed_from
+    write_json(Path(reports) / "metrics.json", final)
+    tracker.log_metrics({k: v for k, v in final.items() if isinstance(v, int | float)})
+    tracker.log_artifact(reports)
+    return final

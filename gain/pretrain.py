@@ -140,10 +140,13 @@ def train_gain(
         y = batch["label"].to(rt.device)
         if rt.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        out = net(x, y)
-        alpha = 0.0 if step < warmup_steps else p.alpha
-        masks = batch["mask"].to(rt.device) if p.ext else None
-        has_mask = batch["has_mask"].to(rt.device) if p.ext else None
+        # Warm-up epochs are classification only: the attention-mining stream is not run at all. (alpha = 0
+        # after warm-up, the Grad-CAM baseline, still runs it so L_am is measured the same way as for GAIN.)
+        warm = step < warmup_steps
+        out = net(x, y, mine=not warm)
+        alpha = 0.0 if warm else p.alpha
+        masks = batch["mask"].to(rt.device) if p.ext and not warm else None
+        has_mask = batch["has_mask"].to(rt.device) if p.ext and not warm else None
         return gain_loss(out, y, alpha=alpha, masks=masks, has_mask=has_mask, omega_e=p.omega_e)
 
     vis_idx = list(range(min(p.vis_images, len(val_set))))

@@ -9,12 +9,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pandas as pd
-
 from gain.cli import run_stage
 from gain.data import DatasetIndex
-from gain.engine import seed_everything, setup_runtime, teardown_runtime
-from gain.io import atomic_path, write_json
+from gain.engine import seed_everything, setup_runtime, teardown_runtime, write_training_reports
 from gain.params import STAGE_PARAMS, load_params, params_hash, section_dict
 from gain.pretrain import train_gain
 from gain.tracking import stage_run
@@ -45,16 +42,7 @@ def main() -> None:
             if not rt.is_main:
                 return
             res = out["result"]
-            history = pd.DataFrame(res.history)
-            with atomic_path(REPORTS / "history.csv") as tmp:
-                history.to_csv(tmp, index=False)
-            final = {f"best_{k}": v for k, v in res.best.items()} | {
-                f"last_{k}": v for k, v in res.history[-1].items()
-            }
-            final["resumed_from_step"] = res.resumed_from
-            write_json(REPORTS / "metrics.json", final)
-            run.log_metrics({k: v for k, v in final.items() if isinstance(v, int | float)})
-            run.log_artifact(REPORTS)
+            write_training_reports(res, REPORTS, run)
             run.log_model(out["model"].classifier.cpu(), "model")
             print(
                 f"gain: best val mAP {res.best['map']:.3f} (step {res.best['step']}), "

@@ -228,10 +228,13 @@ def test_gain_forward_attention_is_in_the_graph():
         assert any(bool(g.abs().sum() > 0) for g in grads)
 
 
-def test_gain_forward_without_mining_skips_the_masked_stream():
-    out = GAIN(small_classifier())(torch.randn(2, 3, 32, 32), LABELS[:2], mine=False)
-    assert "masked_logits" not in out and "masked_images" not in out
-    assert out["attn"].shape == (3, 4, 4)
+def test_gain_forward_without_mining_is_classification_only():
+    """Warm-up steps: logits only, no attention and no masked stream."""
+    model = small_classifier()
+    x = torch.randn(2, 3, 32, 32)
+    out = GAIN(model)(x, LABELS[:2], mine=False)
+    assert "masked_logits" not in out and "attn" not in out
+    assert torch.equal(out["logits"], model(x))
 
 
 def test_attention_mining_changes_trunk_gradients():
