@@ -126,7 +126,7 @@ def gain_inputs(params, rt):
     return x, y, num_fg
 
 
-def bench_steps(params, rt, reps: Reps, *, profile: bool | None) -> dict:
+def bench_steps(params, rt, reps: Reps, *, profile: bool | None, default_threads: int) -> dict:
     """Sections 1-2: GAIN vs plain classifier step, and ours vs the public pass structure."""
     import torch
 
@@ -165,17 +165,20 @@ def bench_steps(params, rt, reps: Reps, *, profile: bool | None) -> dict:
         "raw_step_ms": raw_ms(times),
     }
     threads = torch.get_num_threads()
-    if rt.device.type == "cpu" and threads > 1:
-        # Intra-op threads on a shared CPU: OpenMP's spinning workers can lose badly to other processes.
-        def one_thread():
-            torch.set_num_threads(1)
+    if rt.device.type == "cpu" and threads != default_threads:
+        # The plain step at torch's default thread count too (what the pipeline's stages use): on a CPU
+        # shared with other jobs, spinning OpenMP workers can make several threads far slower than one.
+        def default():
+            torch.set_num_threads(default_threads)
             try:
                 fns["plain"]()
             finally:
                 torch.set_num_threads(threads)
 
         t = interleaved(
-            {str(threads): fns["plain"], "1": one_thread}, max(3, reps.step_rounds // 4), syncer(rt)
+            {str(threads): fns["plain"], str(default_threads): default},
+            max(3, reps.step_rounds // 4),
+            syncer(rt),
         )
         res["plain_step_ms_by_threads"] = median_ms(t)
     missed = not (res["gain_step_over_floor"] <= 1.0 and res["speedup_vs_public_pass_structure"] >= 1.3)
@@ -551,7 +554,7 @@ def bench_pipeline(device: str) -> dict:
 
 
 # ------------------------------------------------------------------------------------------- report
-def machine_info(rt) -> dict:
+def machine_info(rt, default_threads: int) -> dict:
     import torch
 
     model = next(
@@ -567,6 +570,7 @@ def machine_info(rt) -> dict:
         "cores": os.cpu_count(),
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),
+        "torch_default_threads": default_threads,
         "cuda": torch.cuda.get_device_name(rt.device) if rt.device.type == "cuda" else None,
         "python": platform.python_version(),
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -634,7 +638,8 @@ def render_md(res: dict) -> str:
         "",
         f"Produced by `{res['command']}` on {m['date']}.",
         "",
-        f"Machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']} ({m['torch_threads']} threads), "
+        f"Machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']} ({m['torch_threads']} intra-op "
+        f"threads in the timed sections, torch's default {m['torch_default_threads']}), "
         f"CUDA: {m['cuda'] or 'none'}; device `{res['device']}`; load average "
         f"{m['loadavg_start'][0]:.2f} at the start, {m['loadavg_end'][0]:.2f} at the end"
         f"{' (quick run: few repetitions)' if res['quick'] else ''}.",
@@ -663,6 +668,13 @@ def render_md(res: dict) -> str:
         "| --- | --- |",
     ]
     lines += [f"| {k} | {v:.2f} |" for k, v in res["step_ms"].items()]
+    if res.get("plain_step_ms_by_threads"):
+        lines += [
+            "",
+            "plain step by intra-op thread count (interleaved): "
+            + ", ".join(f"{k} thread(s) {v:.1f} ms" for k, v in res["plain_step_ms_by_threads"].items())
+            + ".",
+        ]
     eq = res["public_equivalence"]
     lines += [
         "",
@@ -783,8 +795,9 @@ def main(argv: list[str] | None = None) -> dict | None:
     ap.add_argument(
         "--threads",
         type=int,
-        default=0,
-        help="torch intra-op threads (0: torch's default, as the pipeline runs)",
+        default=1,
+        help="torch intra-op threads of the timed sections (default 1: on a CPU shared with other jobs, "
+        "ratios stay fair; 0: torch's default, as the pipeline's stages run)",
     )
     ap.add_argument("--out-dir", type=Path, default=Path("reports"), help="where benchmarks.json/.md go")
     ap.add_argument("--memory-child", choices=STEP_VARIANTS, help=argparse.SUPPRESS)
@@ -799,9 +812,10 @@ def main(argv: list[str] | None = None) -> dict | None:
 
     reps = QUICK if args.quick else FULL
     profile = True if args.profile else (False if args.quick else None)  # None: when a step target is missed
-    if args.threads:
-        import torch
+    import torch
 
+    default_threads = torch.get_num_threads()
+    if args.threads:
         torch.set_num_threads(args.threads)
     params = load_params(REPO / "params.yaml")
     rt = setup_runtime(args.device)
@@ -812,11 +826,14 @@ def main(argv: list[str] | None = None) -> dict | None:
         "command": command.strip(),
         "device": device,
         "quick": args.quick,
-        "machine": machine_info(rt),
+        "machine": machine_info(rt, default_threads),
         "reps": asdict(reps),
     }
     sections = [
-        ("training steps", lambda: bench_steps(params, rt, reps, profile=profile)),
+        (
+            "training steps",
+            lambda: bench_steps(params, rt, reps, profile=profile, default_threads=default_threads),
+        ),
         ("memory", lambda: bench_memory(params, rt, reps, device, args.threads)),
         ("seeds", lambda: bench_seeds(params, rt, reps)),
         ("SEC step and CRF pool", lambda: bench_sec(params, rt, reps)),

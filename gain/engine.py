@@ -157,8 +157,12 @@ def epoch_loader(
     indices = list(sampler)
     n_batches = len(indices) // batch_size
     indices = indices[skip_batches * batch_size : n_batches * batch_size]
+    # A DataLoader iterator draws its base seed from the generator it is given, else from the global RNG;
+    # a private one keeps the global stream (dropout) identical whether or not a run was resumed mid-epoch.
+    generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
     return DataLoader(
         dataset,
+        generator=generator,
         batch_size=batch_size,
         sampler=indices,
         drop_last=True,
@@ -251,7 +255,9 @@ def fit(
         nonlocal best
         if eval_fn is None:
             return
+        state = rng_state()  # evaluation must not shift the training RNG streams
         metrics = eval_fn(step)
+        set_rng_state(state)
         if rt.is_main:
             history.append({"step": step, **metrics})
             tracker.log_metrics({f"val/{k}": v for k, v in metrics.items()}, step=step)

@@ -37,7 +37,6 @@ def positive(x) -> bool:
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory) -> tuple[dict, str]:
     out = tmp_path_factory.mktemp("benchmarks")
-    # One intra-op thread: on a CPU shared with other jobs, spinning OpenMP workers make a smoke run crawl.
     cmd = [
         sys.executable,
         "-m",

@@ -168,3 +168,47 @@ def test_ddp_two_cpu_ranks_identical_weights_and_rank1_logs_nothing(tmp_path):
     assert len(runs) == 1  # rank 0's run only
     ranks_logged = {r.data.tags.get("rank") for r in runs}
     assert ranks_logged == {"0"}
+
+
+def test_sec_training_resumes_to_identical_weights(tmp_path):
+    """SEC (dropout, CRF constrain loss) through the same loop: 4 + 4 resumed steps == 8 straight steps."""
+    from dataclasses import replace
+
+    from gain.data import synthetic_dataset_index
+    from gain.engine import seed_everything
+    from gain.params import SecParams
+    from gain.segment import train_sec
+    from gain.synthetic import SyntheticConfig, generate
+
+    root = tmp_path / "VOC2012"
+    generate(
+        root,
+        SyntheticConfig(num_classes=3, image_size=48, n_train=8, n_val=2, n_bias_eval=1, pixel_labelled=0),
+        progress=False,
+    )
+    index = synthetic_dataset_index(root)
+    p = SecParams(
+        init="none", input_size=48, batch_size=4, iterations=8, eval_every=100, ckpt_every=1, crf_workers=0
+    )
+    seeds = root / "SegmentationClass"  # perfect seeds are enough to exercise the loop
+
+    def run(ckpt, iterations):
+        seed_everything(0, True)
+        out = train_sec(
+            replace(p, iterations=iterations),
+            index,
+            CPU,
+            NullRun(),
+            seed=0,
+            seeds_dir=seeds,
+            gain_ckpt=None,
+            ckpt_dir=ckpt,
+            fingerprint="sec",
+        )
+        return out["model"].state_dict()
+
+    straight = run(tmp_path / "a", 8)
+    run(tmp_path / "b", 4)
+    resumed = run(tmp_path / "b", 8)
+    assert load_checkpoint(tmp_path / "b" / "last.pt")["step"] == 8
+    assert all(torch.equal(straight[k], resumed[k]) for k in straight)
