@@ -8,6 +8,7 @@ IoU per class, mean over classes (a class absent from both prediction and ground
 from __future__ import annotations
 
 import json
+from collections import deque
 from pathlib import Path
 
 import numpy as np
@@ -36,21 +37,38 @@ REPORTS = Path("reports")
 
 
 def score_sec(model, index, split, rt, p, *, input_size: int, n_vis: int):
-    """Confusion matrices of SEC on `split` without and with the test-time CRF (s = 1, full image)."""
+    """Confusion matrices of SEC on `split` without and with the test-time CRF (s = 1, full image).
+
+    Images differ in size, so each CRF is its own pool job; up to 2 jobs per worker are kept in flight so
+    every worker stays busy while the network predicts the next images.
+    """
     ds = VOCDataset(index, index.splits[split], eval_preset(input_size), keep_original=True)
     plain, crf_cm = ConfusionMatrix(index.num_classes), ConfusionMatrix(index.num_classes)
-    vis = []
+    vis, pending = [], deque()
+
+    def finish(entry) -> None:
+        gt, job, record = entry
+        crf_pred = job.get()[0].argmax(0).astype(np.uint8)
+        crf_cm.update(gt, crf_pred)
+        if record is not None:
+            record["crf_pred"] = crf_pred
+
     with CRFPool(p.crf_workers if p.crf else 0) as pool:
         for item, probs in predict(model, ds, rt):
             gt = item["orig_mask"]
             pred = probs.argmax(0).astype(np.uint8)
             plain.update(gt, pred)
+            record = {"item": item, "pred": pred, "crf_pred": None} if len(vis) < n_vis else None
+            if record is not None:
+                vis.append(record)
             if p.crf:
-                q = pool.map(item["orig_image"][None], probs[None].astype(np.float32), 1.0)[0]
-                crf_pred = q.argmax(0).astype(np.uint8)
-                crf_cm.update(gt, crf_pred)
-            if len(vis) < n_vis:
-                vis.append({"item": item, "pred": pred, "crf_pred": crf_pred if p.crf else None})
+                pending.append(
+                    (gt, pool.submit(item["orig_image"][None], probs[None].astype(np.float32), 1.0), record)
+                )
+                while len(pending) > 2 * max(p.crf_workers, 1):
+                    finish(pending.popleft())
+        while pending:
+            finish(pending.popleft())
     return plain, crf_cm if p.crf else None, vis
 
 
