@@ -319,8 +319,14 @@ def fit(
         # take rank 0's, which are the ones checkpointed, so every rank ends with the same model state.
         for buf in unwrap(model).buffers():
             dist.broadcast(buf, src=0)
-    if resumed_from == total_steps and rt.is_main:
-        print(f"{last_path}: already trained to step {total_steps}")
+    if resumed_from == total_steps:
+        if rt.is_main:
+            print(f"{last_path}: already trained to step {total_steps}")
+        if eval_fn is not None:  # regenerate the evaluation's side outputs (figures), history unchanged
+            model.eval()
+            state = rng_state()
+            eval_fn(step)
+            set_rng_state(state)
     return FitResult(step=step, history=history, best=best, resumed_from=resumed_from)
 
 
@@ -341,3 +347,15 @@ def write_training_reports(result: FitResult, reports: Path, tracker) -> dict:
     tracker.log_metrics({k: v for k, v in final.items() if isinstance(v, int | float)})
     tracker.log_artifact(reports)
     return final
+
+
+def code_fingerprint(*folders: str) -> str:
+    """Hash of the Python sources under `folders`: a checkpoint from other code is not resumed."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for folder in folders:
+        for path in sorted(Path(folder).rglob("*.py")):
+            h.update(str(path).encode())
+            h.update(path.read_bytes())
+    return h.hexdigest()[:16]

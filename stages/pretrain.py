@@ -11,7 +11,13 @@ from pathlib import Path
 
 from gain.cli import run_stage
 from gain.data import DatasetIndex
-from gain.engine import seed_everything, setup_runtime, teardown_runtime, write_training_reports
+from gain.engine import (
+    code_fingerprint,
+    seed_everything,
+    setup_runtime,
+    teardown_runtime,
+    write_training_reports,
+)
 from gain.params import STAGE_PARAMS, load_params, params_hash, section_dict
 from gain.pretrain import train_gain
 from gain.tracking import stage_run
@@ -26,7 +32,13 @@ def main() -> None:
     index = DatasetIndex.load(INDEX)
     rt = setup_runtime(params.device)
     seed_everything(params.seed, params.deterministic)
-    fingerprint = params_hash({**section_dict(params, STAGE_PARAMS["gain"]), "data": INDEX.read_text()})
+    fingerprint = params_hash(
+        {
+            **section_dict(params, STAGE_PARAMS["gain"]),
+            "data": INDEX.read_text(),
+            "code": code_fingerprint("gain", "stages"),
+        }
+    )
     try:
         with stage_run("gain", params, enabled=rt.is_main) as run:
             out = train_gain(

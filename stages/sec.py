@@ -11,7 +11,13 @@ from pathlib import Path
 
 from gain.cli import run_stage
 from gain.data import DatasetIndex
-from gain.engine import seed_everything, setup_runtime, teardown_runtime, write_training_reports
+from gain.engine import (
+    code_fingerprint,
+    seed_everything,
+    setup_runtime,
+    teardown_runtime,
+    write_training_reports,
+)
 from gain.params import STAGE_PARAMS, load_params, params_hash, section_dict
 from gain.segment import train_sec
 from gain.tracking import stage_run
@@ -31,7 +37,13 @@ def main() -> None:
     seed_everything(params.seed, params.deterministic)
     # The seeds stage's run id changes whenever its outputs are regenerated: a cheap input fingerprint.
     inputs = INDEX.read_text() + (SEED_RUN.read_text() if SEED_RUN.is_file() else "")
-    fingerprint = params_hash({**section_dict(params, STAGE_PARAMS["sec"]), "inputs": inputs})
+    fingerprint = params_hash(
+        {
+            **section_dict(params, STAGE_PARAMS["sec"]),
+            "inputs": inputs,
+            "code": code_fingerprint("gain", "stages"),
+        }
+    )
     try:
         with stage_run("sec", params, enabled=rt.is_main) as run:
             out = train_sec(
