@@ -77,15 +77,17 @@ def comparison_figure(df: pd.DataFrame):
         for m in ("eval/sec_miou", "eval/sec_crf_miou", "eval/seed_miou", "eval/attention_miou")
         if m in df.columns
     ]
+    df = df.dropna(subset=metrics, how="all")  # pipelines that stopped before evaluate
     params = [c for c in df.columns if "." in c and c not in metrics and not c.startswith("eval/")]
     labels = [
-        ", ".join(f"{p}={row[p]}" for p in params) or row["pipeline_id"][-8:] for _, row in df.iterrows()
+        "\n".join([row["dvc_exp_name"] or row["pipeline_id"][-8:]] + [f"{p}={row[p]}" for p in params])
+        for _, row in df.iterrows()
     ]
-    fig, ax = plt.subplots(figsize=(max(5, 1.6 * len(df)), 3.5))
+    fig, ax = plt.subplots(figsize=(max(5, 1.8 * len(df)), 4))
     width = 0.8 / max(len(metrics), 1)
     for j, m in enumerate(metrics):
         ax.bar([i + j * width for i in range(len(df))], df[m].astype(float), width=width, label=m)
-    ax.set_xticks([i + 0.4 - width / 2 for i in range(len(df))], labels, rotation=20, ha="right", fontsize=7)
+    ax.set_xticks([i + 0.4 - width / 2 for i in range(len(df))], labels, fontsize=6)
     ax.set_ylim(0, 1)
     ax.legend(fontsize=7)
     ax.set_title("pipeline runs compared (MLflow)", fontsize=9)
