@@ -11,23 +11,7 @@ from gain.sec_losses import (
     sec_probs,
     seeding_loss,
 )
-
-
-@pytest.fixture(autouse=True)
-def _single_thread():
-    # Tensors here are tiny: intra-op threads only add OpenMP barrier waits (~10 ms per op on a busy CPU).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def assert_close(
-    actual: torch.Tensor, expected: torch.Tensor, rtol: float = 1e-5, atol: float = 1e-7
-) -> None:
-    # torch.testing.assert_close costs ~1 s on first use (it imports torch.distributed.tensor).
-    assert actual.shape == expected.shape, (actual.shape, expected.shape)
-    assert torch.allclose(actual, expected, rtol=rtol, atol=atol), (actual - expected).abs().max()
+from tests.tensor_utils import assert_close, single_thread  # noqa: F401 (autouse fixture)
 
 
 def adam_steps(params: torch.Tensor, loss_fn, steps: int, lr: float) -> None:
