@@ -27,8 +27,7 @@ from gain.engine import Runtime
 from gain.losses import classification_loss, gain_loss
 from gain.models import Classifier, LargeFOV
 from gain.params import GainParams, SecParams
-from gain.sec_losses import sec_loss, sec_probs
-from gain.segment import downscale_cues, downscale_images
+from gain.segment import sec_step_losses
 from gain.synthetic import TEXTURES, SyntheticConfig, render_image
 from gain.transforms import to_tensor
 
@@ -274,17 +273,7 @@ def sec_trainee(num_classes: int, p: SecParams, rt: Runtime) -> Trainee:
 
 
 def sec_step(t: Trainee, pool, batch: dict, p: SecParams, rt: Runtime) -> None:
-    """gain/segment.py train_sec's step_fn (CRF Q from `pool`), then fit's update."""
-    x = batch["image"].to(rt.device, non_blocking=True)
-    if rt.channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
+    """gain/segment.py train_sec's step (CRF Q from `pool`), then fit's update."""
     with rt.autocast():
-        logits = t.model(x).float()
-        size = tuple(logits.shape[-2:])
-        probs = sec_probs(logits.detach(), p.min_prob).cpu().numpy().astype(np.float32)
-        job = pool.submit(downscale_images(batch["image"], size), probs, p.crf_scale)
-        cues = downscale_cues(batch["mask"], size).to(rt.device)
-        labels = batch["label"].to(rt.device)
-        crf = torch.from_numpy(job.get()).to(rt.device)
-        losses = sec_loss(logits, cues, labels, crf, d_fg=p.d_fg, d_bg=p.d_bg, min_prob=p.min_prob)
+        losses = sec_step_losses(t.model, batch, pool, p, rt)
     update(t, losses["total"])

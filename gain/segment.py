@@ -74,6 +74,22 @@ def segmentation_miou(model, dataset: VOCDataset, rt: Runtime) -> dict:
     return {"miou": res["miou"], "pixel_accuracy": res["pixel_accuracy"]}
 
 
+def sec_step_losses(net, batch: dict, pool: CRFPool, p: SecParams, rt: Runtime) -> dict:
+    """One SEC step's losses: forward, Q = CRF(image at output size, f) in the worker pool (no gradient
+    through it), seeds at output resolution, then seed/expand/constrain (gain.sec_losses.sec_loss)."""
+    x = batch["image"].to(rt.device, non_blocking=True)
+    if rt.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    logits = net(x).float()
+    size = tuple(logits.shape[-2:])
+    probs = sec_probs(logits.detach(), p.min_prob).cpu().numpy().astype(np.float32)
+    job = pool.submit(downscale_images(batch["image"], size), probs, p.crf_scale)
+    cues = downscale_cues(batch["mask"], size).to(rt.device)
+    labels = batch["label"].to(rt.device)
+    crf = torch.from_numpy(job.get()).to(rt.device)
+    return sec_loss(logits, cues, labels, crf, d_fg=p.d_fg, d_bg=p.d_bg, min_prob=p.min_prob)
+
+
 def train_sec(
     p: SecParams,
     index: DatasetIndex,
@@ -103,18 +119,7 @@ def train_sec(
         return p.lr * (0.1 ** (step // p.lr_step))
 
     def step_fn(batch: dict, step: int) -> dict:
-        x = batch["image"].to(rt.device, non_blocking=True)
-        if rt.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        logits = net(x).float()
-        size = tuple(logits.shape[-2:])
-        # Q = CRF(image at output size, f): computed in the worker pool, no gradient through it.
-        probs = sec_probs(logits.detach(), p.min_prob).cpu().numpy().astype(np.float32)
-        job = pool.submit(downscale_images(batch["image"], size), probs, p.crf_scale)
-        cues = downscale_cues(batch["mask"], size).to(rt.device)
-        labels = batch["label"].to(rt.device)
-        crf = torch.from_numpy(job.get()).to(rt.device)
-        return sec_loss(logits, cues, labels, crf, d_fg=p.d_fg, d_bg=p.d_bg, min_prob=p.min_prob)
+        return sec_step_losses(net, batch, pool, p, rt)
 
     def eval_fn(step: int) -> dict:
         return segmentation_miou(unwrap(model), val_set, rt) if rt.is_main else {}
