@@ -24,7 +24,7 @@ from gain.metrics import ConfusionMatrix
 from gain.params import load_params
 from gain.pretrain import load_classifier
 from gain.report import method_name, render
-from gain.seeds import dense_from_attention, image_attention, load_attention, make_cues
+from gain.seeds import SeedQuality, dense_from_attention, image_attention, load_attention, make_cues
 from gain.segment import load_segmenter, predict
 from gain.tracking import stage_run
 from gain.transforms import eval_preset
@@ -77,7 +77,7 @@ def score_seeds(index: DatasetIndex, bg_threshold_of_dense: float):
     from gain.data import mask_path
 
     seeds_cm, attn_cm = ConfusionMatrix(index.num_classes), ConfusionMatrix(index.num_classes)
-    labeled = total = correct = fg_hit = fg_total = 0
+    quality = SeedQuality(index.num_classes)
     for image_id in index.splits["seed_eval"]:
         mp = mask_path(index.root, image_id)
         seed_png = SEEDS / f"{image_id}.png"
@@ -86,27 +86,18 @@ def score_seeds(index: DatasetIndex, bg_threshold_of_dense: float):
         gt = read_label_png(mp)
         seeds = read_label_png(seed_png)
         seeds_cm.update(gt, seeds)
+        quality.update(seeds, gt)
         attn, classes = load_attention(SEEDS / "attn" / f"{image_id}.npz")
         attn_cm.update(
             gt, dense_from_attention(np.clip(attn, 0, 1), classes, bg_threshold=bg_threshold_of_dense)
         )
-        valid = gt != 255
-        lab = valid & (seeds != 255)
-        labeled += lab.sum()
-        total += valid.sum()
-        correct += (lab & (seeds == gt)).sum()
-        fg = valid & (gt > 0)
-        fg_total += fg.sum()
-        fg_hit += (fg & (seeds == gt)).sum()
-    return (
-        seeds_cm,
-        attn_cm,
-        {
-            "seed_precision": correct / max(labeled, 1),
-            "seed_recall": fg_hit / max(fg_total, 1),
-            "seed_labeled_fraction": labeled / max(total, 1),
-        },
-    )
+    q = quality.compute()
+    stats = {
+        "seed_precision": q["precision"],
+        "seed_recall": q["recall"],
+        "seed_labeled_fraction": q["labeled_fraction"],
+    }
+    return seeds_cm, attn_cm, stats
 
 
 @torch.no_grad()
