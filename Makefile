@@ -2,11 +2,9 @@
 PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
-# Stage commands say `python`: the venv's bin must come first on PATH.
-export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 STAMP := $(VENV)/.installed
 
-.PHONY: pipeline test lint lock clean-outputs
+.PHONY: pipeline test lock
 
 # Create the virtualenv from the pinned lock file (only when the lock changed), then run the pipeline.
 pipeline: $(STAMP)

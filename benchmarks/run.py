@@ -115,7 +115,7 @@ def gain_inputs(params, rt):
     import torch
 
     from benchmarks.workloads import synthetic_items
-    from gain.data import collate
+    from gain.runtime.engine import collate
 
     g = params.gain
     num_fg = params.data.synthetic.num_classes
@@ -131,7 +131,7 @@ def bench_steps(params, rt, reps: Reps, *, profile: bool | None, default_threads
     import torch
 
     from benchmarks.workloads import build_trainees, mean_labels, public_vs_ours, step_fns
-    from gain.models import Classifier
+    from gain.cam.model import Classifier
 
     g = params.gain
     x, y, num_fg = gain_inputs(params, rt)
@@ -252,9 +252,9 @@ def memory_child(variant: str, device: str, steps: int, threads: int) -> None:
     import torch
 
     from benchmarks.workloads import build_trainees, step_fns
-    from gain.engine import seed_everything, setup_runtime
-    from gain.models import Classifier
-    from gain.params import load_params
+    from gain.cam.model import Classifier
+    from gain.runtime.engine import seed_everything, setup_runtime
+    from gain.runtime.params import load_params
 
     if threads:
         torch.set_num_threads(threads)
@@ -288,7 +288,7 @@ def bench_memory(params, rt, reps: Reps, device: str, threads: int) -> dict:
         import torch
 
         from benchmarks.workloads import build_trainees, step_fns
-        from gain.models import Classifier
+        from gain.cam.model import Classifier
 
         x, y, num_fg = gain_inputs(params, rt)
         classifier = Classifier(params.gain.backbone, num_fg, weights="none")
@@ -370,7 +370,7 @@ def bench_seeds(params, rt, reps: Reps) -> dict:
     import torch
 
     from benchmarks.workloads import seeds_batched, seeds_per_class, synthetic_items
-    from gain.models import Classifier
+    from gain.cam.model import Classifier
 
     s, g = params.seeds, params.gain
     num_fg = params.data.synthetic.num_classes
@@ -379,7 +379,7 @@ def bench_seeds(params, rt, reps: Reps) -> dict:
     classifier = Classifier(g.backbone, num_fg, weights="none").to(rt.device).eval()
     if rt.channels_last:
         classifier = classifier.to(memory_format=torch.channels_last)
-    kw = {"batch_size": s.batch_size, "flip": s.flip}
+    kw = {"batch_size": params.runtime.seeds_batch_size, "flip": s.flip}
     fns = {
         "batched": lambda: seeds_batched(classifier, items, rt, **kw),
         "per_class": lambda: seeds_per_class(classifier, items, rt, **kw),
@@ -394,7 +394,7 @@ def bench_seeds(params, rt, reps: Reps) -> dict:
         "seed_batched_speedup": paired_ratio(times, "per_class", "batched"),
         "seed_setup": {
             "images": len(items),
-            "batch_size": s.batch_size,
+            "batch_size": params.runtime.seeds_batch_size,
             "flip": s.flip,
             "pairs": int(sum(len(c) for _, c in a)),
         },
@@ -408,15 +408,15 @@ def bench_sec(params, rt, reps: Reps) -> dict:
     import torch
 
     from benchmarks.workloads import sec_step, sec_trainee, synthetic_items
-    from gain.crf import CRFPool
-    from gain.data import collate
-    from gain.segment import downscale_images
+    from gain.runtime.engine import collate
+    from gain.sec.crf import CRFPool
+    from gain.sec.train import downscale_images
 
     p = params.sec
     num_fg = params.data.synthetic.num_classes
     batch = collate(synthetic_items(p.batch_size, size=p.input_size, num_fg=num_fg, seed=params.seed))
     torch.manual_seed(params.seed)
-    pools = {"pool": CRFPool(p.crf_workers), "inline": CRFPool(0)}
+    pools = {"pool": CRFPool(params.runtime.crf_workers), "inline": CRFPool(0)}
     try:
         trainees = {k: sec_trainee(num_fg + 1, p, rt) for k in pools}
         fns = {k: (lambda k=k: sec_step(trainees[k], pools[k], batch, p, rt)) for k in pools}
@@ -431,7 +431,7 @@ def bench_sec(params, rt, reps: Reps) -> dict:
         "sec_setup": {
             "batch_size": p.batch_size,
             "input_size": p.input_size,
-            "crf_workers": p.crf_workers,
+            "crf_workers": params.runtime.crf_workers,
             "crf_scale": p.crf_scale,
             "classes": num_fg + 1,
         },
@@ -470,7 +470,7 @@ def bench_sec(params, rt, reps: Reps) -> dict:
 
 def bench_eval(params, reps: Reps) -> dict:
     """Section 6: ConfusionMatrix.update on 21-class 500 x 375 label maps (5% void in the ground truth)."""
-    from gain.metrics import ConfusionMatrix
+    from gain.evaluation.metrics import ConfusionMatrix
 
     rng = np.random.default_rng(params.seed)
     pairs = []
@@ -807,8 +807,8 @@ def main(argv: list[str] | None = None) -> dict | None:
         memory_child(args.memory_child, args.device, args.memory_steps, args.threads)
         return None
 
-    from gain.engine import seed_everything, setup_runtime
-    from gain.params import load_params
+    from gain.runtime.engine import seed_everything, setup_runtime
+    from gain.runtime.params import load_params
 
     reps = QUICK if args.quick else FULL
     profile = True if args.profile else (False if args.quick else None)  # None: when a step target is missed

@@ -8,7 +8,7 @@ Training steps (each one is forward, losses, backward and the optimizer step of 
           features to read d s^c / d F, the polluted parameter gradients zeroed, Grad-CAM from those
           (detached) weights, then the masked forward and the real backward. It loops over class ranks
           (the first, second, ... label of every image at once), the same number of score passes as
-          gain.attention.grad_cam, so the comparison isolates what each pass runs through.
+          gain.cam.attention.grad_cam, so the comparison isolates what each pass runs through.
 """
 
 from __future__ import annotations
@@ -21,15 +21,15 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from gain.attention import EPS, GAIN, attention_maps, label_pairs, soft_mask
-from gain.data import collate
-from gain.engine import Runtime
-from gain.losses import classification_loss, gain_loss
-from gain.models import Classifier, LargeFOV
-from gain.params import GainParams, SecParams
-from gain.segment import sec_step_losses
-from gain.synthetic import TEXTURES, SyntheticConfig, render_image
-from gain.transforms import to_tensor
+from gain.cam.attention import EPS, attention_maps, label_pairs, soft_mask
+from gain.cam.losses import classification_loss, gain_loss
+from gain.cam.model import GAIN, Classifier
+from gain.data.synthetic import TEXTURES, SyntheticConfig, render_image
+from gain.data.transforms import to_tensor
+from gain.runtime.engine import Runtime, collate
+from gain.runtime.params import GainParams, SecParams
+from gain.sec.model import LargeFOV
+from gain.sec.train import sec_step_losses
 
 LossFn = Callable[[], torch.Tensor]
 
@@ -74,7 +74,7 @@ class Trainee:
 
 
 def trainee(model: torch.nn.Module, classifier: Classifier, p: GainParams) -> Trainee:
-    optimizer = torch.optim.SGD(classifier.param_groups(p.lr, p.weight_decay), lr=p.lr, momentum=p.momentum)
+    optimizer = torch.optim.SGD(classifier.param_groups(p.weight_decay), lr=p.lr, momentum=p.momentum)
     return Trainee(model, optimizer)
 
 
@@ -223,14 +223,9 @@ def seeds_batched(
     classifier: Classifier, items: list[dict], rt: Runtime, *, batch_size: int, flip: bool
 ) -> list[tuple[np.ndarray, np.ndarray]]:
     """gain.seeds.image_attention: every class of a batch in one attention_maps call."""
-    from gain.seeds import image_attention
+    from gain.seeds.extract import image_attention
 
-    return [
-        (a, c)
-        for _, a, c in image_attention(
-            classifier, items, device=rt.device, batch_size=batch_size, flip=flip, autocast=rt.autocast
-        )
-    ]
+    return [(a, c) for _, a, c in image_attention(classifier, items, rt, batch_size=batch_size, flip=flip)]
 
 
 def seeds_per_class(
@@ -268,7 +263,7 @@ def sec_trainee(num_classes: int, p: SecParams, rt: Runtime) -> Trainee:
     model = LargeFOV(p.backbone, num_classes).to(rt.device).train()
     if rt.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.SGD(model.param_groups(p.lr, p.weight_decay), lr=p.lr, momentum=p.momentum)
+    optimizer = torch.optim.SGD(model.param_groups(p.weight_decay), lr=p.lr, momentum=p.momentum)
     return Trainee(model, optimizer)
 
 

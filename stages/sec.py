@@ -1,70 +1,41 @@
 """DVC stage `sec`: SEC (seed, expand, constrain) trained on the GAIN seeds.
 
-Run by `dvc repro` (or `torchrun --nproc_per_node N -m stages.sec`). Resumes from models/sec/last.pt when
-written for the same params and inputs. Writes models/sec/{best,last}.pt, reports/sec/metrics.json and
-reports/sec/history.csv (DVC plots).
+`dvc repro` runs it, or `torchrun --nproc_per_node N -m stages.sec` for DDP. A run killed midway resumes
+from checkpoints/sec/last.pt when that was written for the same params, inputs and code.
 """
 
-from __future__ import annotations
-
-from pathlib import Path
-
-from gain.cli import run_stage
-from gain.data import DatasetIndex
-from gain.engine import (
-    code_fingerprint,
-    seed_everything,
-    setup_runtime,
-    teardown_runtime,
-    write_training_reports,
-)
-from gain.params import STAGE_PARAMS, load_params, params_hash, section_dict
-from gain.segment import train_sec
-from gain.tracking import stage_run
-
-INDEX = Path("data/dataset/index.json")
-SEEDS = Path("data/seeds")
-GAIN_MODEL = Path("models/gain/best.pt")
-CKPT = Path("models/sec")
-REPORTS = Path("reports/sec")
-SEED_RUN = Path("runs/seeds.json")
+from gain.data.dataset import DatasetIndex
+from gain.runtime import layout
+from gain.runtime.cli import run_stage
+from gain.runtime.engine import save_model, stage_fingerprint, training_stage, write_training_reports
+from gain.runtime.io import file_digest, folder_digest
+from gain.runtime.params import load_params
+from gain.sec.train import train_sec
 
 
 def main() -> None:
     params = load_params()
-    index = DatasetIndex.load(INDEX)
-    rt = setup_runtime(params.device)
-    seed_everything(params.seed, params.deterministic)
-    # The seeds stage's run id changes whenever its outputs are regenerated: a cheap input fingerprint.
-    inputs = INDEX.read_text() + (SEED_RUN.read_text() if SEED_RUN.is_file() else "")
-    fingerprint = params_hash(
-        {
-            **section_dict(params, STAGE_PARAMS["sec"]),
-            "inputs": inputs,
-            "code": code_fingerprint("gain", "stages"),
-        }
-    )
-    try:
-        with stage_run("sec", params, enabled=rt.is_main) as run:
-            out = train_sec(
-                params.sec,
-                index,
-                rt,
-                run,
-                seed=params.seed,
-                seeds_dir=SEEDS,
-                gain_ckpt=GAIN_MODEL,
-                ckpt_dir=CKPT,
-                fingerprint=fingerprint,
-            )
-            if not rt.is_main:
-                return
-            res = out["result"]
-            write_training_reports(res, REPORTS, run)
-            run.log_model(out["model"].cpu(), "model")
-            print(f"sec: best val mIoU {res.best['miou']:.3f} (step {res.best['step']})")
-    finally:
-        teardown_runtime()
+    index = DatasetIndex.load(layout.INDEX)
+    inputs = [index.digest, folder_digest(layout.SEEDS), file_digest(layout.GAIN_MODEL)]
+    with training_stage("sec", params) as (rt, run):
+        result, model = train_sec(
+            params.sec,
+            index,
+            rt,
+            run,
+            seed=params.seed,
+            knobs=params.runtime,
+            seeds_dir=layout.SEEDS,
+            gain_model=layout.GAIN_MODEL,
+            ckpt_dir=layout.CHECKPOINTS / "sec",
+            fingerprint=stage_fingerprint("sec", params, inputs),
+        )
+        if not rt.is_main:
+            return
+        save_model(layout.SEC_MODEL, result)
+        metrics = write_training_reports(result, layout.reports("sec"), run)
+        run.log_model(model.cpu(), "model")
+        print(f"sec: val mIoU {metrics['miou']:.3f} (step {result.step})")
 
 
 if __name__ == "__main__":

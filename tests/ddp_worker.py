@@ -4,13 +4,14 @@ rank saves its weights so the test can compare them."""
 import sys
 from pathlib import Path
 
+import mlflow
 import torch
 
-from gain.data import DatasetIndex
-from gain.engine import seed_everything, setup_runtime, teardown_runtime
-from gain.params import load_params
-from gain.pretrain import train_gain
-from gain.tracking import stage_run
+from gain.cam.train import train_gain
+from gain.data.dataset import DatasetIndex
+from gain.runtime.engine import seed_everything, setup_runtime, teardown_runtime
+from gain.runtime.params import load_params
+from gain.runtime.tracking import stage_run
 
 
 def main(out: Path) -> None:
@@ -19,12 +20,20 @@ def main(out: Path) -> None:
     seed_everything(params.seed, params.deterministic)
     index = DatasetIndex.load("data/dataset/index.json")
     with stage_run("gain", params, enabled=rt.is_main) as run:
-        run.set_tags({"rank": str(rt.rank)})
-        res = train_gain(
-            params.gain, index, rt, run, seed=params.seed, ckpt_dir=Path("models/gain"), fingerprint="ddp"
+        if run.run_id is not None:
+            mlflow.set_tag("rank", str(rt.rank))
+        _, model = train_gain(
+            params.gain,
+            index,
+            rt,
+            run,
+            seed=params.seed,
+            knobs=params.runtime,
+            ckpt_dir=Path("checkpoints/gain"),
+            fingerprint="ddp",
         )
     out.mkdir(parents=True, exist_ok=True)
-    torch.save(res["model"].state_dict(), out / f"rank{rt.rank}.pt")
+    torch.save(model.state_dict(), out / f"rank{rt.rank}.pt")
     teardown_runtime()
 
 

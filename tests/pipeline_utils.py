@@ -10,8 +10,11 @@ from pathlib import Path
 
 import yaml
 
+from gain.runtime.params import read_yaml
+
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
+VENV = BIN.parent
 
 # A pipeline small enough for tests (seconds per stage) that still exercises every code path.
 TINY = {
@@ -26,18 +29,15 @@ TINY = {
             "pixel_labelled": 4,
         }
     },
-    "gain": {"input_size": 48, "batch_size": 4, "epochs": 2, "ckpt_every": 2, "vis_images": 2},
-    "seeds": {"batch_size": 8},
-    "sec": {
-        "input_size": 48,
-        "batch_size": 4,
-        "iterations": 6,
-        "lr_step": 4,
-        "eval_every": 3,
-        "ckpt_every": 2,
+    "gain": {"input_size": 48, "batch_size": 4, "epochs": 2, "warmup_epochs": 1},
+    "sec": {"input_size": 48, "batch_size": 4, "iterations": 6, "lr_step": 4, "eval_every": 3},
+    "runtime": {
+        "gain_ckpt_every": 2,
+        "sec_ckpt_every": 2,
+        "seeds_batch_size": 8,
         "crf_workers": 0,
+        "vis_images": 2,
     },
-    "evaluate": {"crf_workers": 0, "vis_images": 2},
 }
 
 
@@ -52,7 +52,7 @@ def deep_update(base: dict, new: dict) -> dict:
 
 def write_params(repo: Path, overrides: dict) -> None:
     path = repo / "params.yaml"
-    params = yaml.safe_load(path.read_text())
+    params = read_yaml(path)
     path.write_text(yaml.safe_dump(deep_update(params, overrides), sort_keys=False))
 
 
@@ -68,13 +68,17 @@ def tracked_files() -> list[str]:
 
 
 def make_repo(dest: Path, overrides: dict | None = None) -> Path:
-    """Copy the project's files (no outputs, no store) into `dest`, apply TINY + overrides, and commit."""
+    """Copy the project's files (no outputs, no store) into `dest`, apply TINY + overrides, and commit.
+
+    `.venv` in the copy links to the environment running the tests, as a user's checkout has its own
+    (the stage commands' interpreter, stages/python, looks for it there)."""
     for f in tracked_files():
         if f.startswith(("reports/", "dvc.lock")):
             continue
         target = dest / f
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(REPO / f, target)
+    (dest / ".venv").symlink_to(VENV, target_is_directory=True)
     write_params(dest, deep_update(yaml.safe_load(yaml.safe_dump(TINY)), overrides or {}))
     git = ["git", "-c", "user.name=test", "-c", "user.email=test@example.com"]
     subprocess.run(["git", "init", "-q", "-b", "main"], cwd=dest, check=True)

@@ -6,11 +6,11 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-import gain.attention
-from gain.attention import EPS, GAIN, attention_maps, grad_cam, label_pairs, soft_mask
-from gain.losses import gain_loss
-from gain.models import Classifier
-from gain.transforms import MEAN, STD
+import gain.cam.model
+from gain.cam.attention import EPS, attention_maps, grad_cam, label_pairs, soft_mask
+from gain.cam.losses import gain_loss
+from gain.cam.model import GAIN, Classifier
+from gain.data.transforms import MEAN, STD
 from tests.tensor_utils import assert_close, single_thread  # noqa: F401 (autouse fixture)
 
 
@@ -306,7 +306,7 @@ def fixed_attention(monkeypatch, size: tuple[int, int]):
         a[:, :, : size[1] // 2] = 1.0
         return a
 
-    monkeypatch.setattr(gain.attention, "grad_cam", fake)
+    monkeypatch.setattr(gain.cam.model, "grad_cam", fake)
 
 
 def test_erase_mean_is_i_minus_t_times_i(monkeypatch):

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from gain.crf import PROB_FLOOR, CRFParams, CRFPool, dense_crf
+from gain.sec.crf import PROB_FLOOR, CRFParams, CRFPool, dense_crf
 
 
 def _softmax(x: np.ndarray) -> np.ndarray:

@@ -14,9 +14,8 @@ import torch
 from PIL import Image
 from scipy import ndimage
 
-from gain.data import DatasetIndex, VOCDataset, collate, image_label
-from gain.io import read_label_png, read_rgb, save_palette_png
-from gain.transforms import (
+from gain.data.dataset import DatasetIndex, VOCDataset, image_label
+from gain.data.transforms import (
     MEAN,
     STD,
     Compose,
@@ -28,7 +27,10 @@ from gain.transforms import (
     eval_preset,
     train_preset,
 )
-from gain.voc import IGNORE_INDEX, VOC_CLASSES, read_split, voc_palette
+from gain.data.voc import IGNORE_INDEX, VOC_CLASSES, read_split, voc_palette
+from gain.runtime.engine import collate
+from gain.runtime.errors import InputError
+from gain.runtime.io import read_label_png, read_rgb, save_palette_png
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -87,7 +89,7 @@ def test_image_label_falls_back_to_segmentation_class_aug(voc_copy):
     (voc_copy / "SegmentationClass" / f"{image_id}.png").unlink()
     np.testing.assert_array_equal(image_label(voc_copy, image_id, VOC_CLASSES), OFFICIAL[image_id])
     (voc_copy / "SegmentationClassAug" / f"{image_id}.png").unlink()
-    with pytest.raises(FileNotFoundError, match=image_id):
+    with pytest.raises(InputError, match=image_id):
         image_label(voc_copy, image_id, VOC_CLASSES)
 
 
@@ -214,7 +216,7 @@ def test_missing_image_names_the_path(voc_copy):
     path = voc_copy / "JPEGImages" / f"{IDS[2]}.jpg"
     path.unlink()
     ds = VOCDataset(_index_at(voc_copy), IDS, eval_preset(64))
-    with pytest.raises(FileNotFoundError, match=re.escape(str(path))):
+    with pytest.raises(InputError, match=re.escape(str(path))):
         ds[2]
     ds[1]  # the others still load
 

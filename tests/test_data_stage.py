@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from gain.download import file_md5
+from gain.data.download import file_md5
 from tests.pipeline_utils import REPO, make_repo, python
 
 pytestmark = pytest.mark.e2e

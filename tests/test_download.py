@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from gain.download import VOC_TAR_NAME, DownloadError, download_first, fetch, prepare_voc, safe_extract
+from gain.data.download import VOC_TAR_NAME, DownloadError, download_first, fetch, prepare_voc, safe_extract
 
 SAMPLE_VOC = Path(__file__).parent / "data" / "VOCdevkit" / "VOC2012"
 IDS = sorted(p.stem for p in (SAMPLE_VOC / "JPEGImages").glob("*.jpg"))

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from gain.losses import (
+from gain.cam.losses import (
     attention_masks,
     attention_mining_loss,
     classification_loss,

@@ -5,12 +5,11 @@ import pytest
 import torch
 from sklearn.metrics import average_precision_score, confusion_matrix, jaccard_score
 
-from gain.metrics import (
+from gain.evaluation.metrics import (
     ConfusionMatrix,
     average_precision,
     exact_match_accuracy,
     mean_average_precision,
-    per_class_accuracy,
 )
 
 NAMES = ["bg", "cat", "dog", "cow"]
@@ -137,45 +136,6 @@ def test_float_labels_rejected():
         ConfusionMatrix(4).update(np.zeros(3), np.zeros(3, dtype=np.int64))
 
 
-def test_merge_adds_counts():
-    a, b, both = ConfusionMatrix(4), ConfusionMatrix(4), ConfusionMatrix(4)
-    other_gt = np.array([[3, 3], [0, 255]])
-    other_pred = np.array([[3, 255], [1, 2]])
-    a.update(GT, PRED)
-    b.update(other_gt, other_pred)
-    both.update(GT, PRED)
-    both.update(other_gt, other_pred)
-    assert a.merge(b) is a
-    np.testing.assert_array_equal(a.mat, both.mat)
-    np.testing.assert_array_equal(a.unlabeled, [0, 1, 0, 1])
-    assert a.compute()["miou"] == pytest.approx(both.compute()["miou"])
-    with pytest.raises(ValueError, match="num_classes=5"):
-        a.merge(ConfusionMatrix(5))
-
-
-def test_reduce_without_distributed_is_noop():
-    cm = ConfusionMatrix(4)
-    cm.update(GT, PRED)
-    before = cm.mat.copy()
-    cm.reduce_from_all_processes()
-    np.testing.assert_array_equal(cm.mat, before)
-
-
-def test_reduce_in_single_process_group_keeps_counts(tmp_path):
-    # world_size 1: all_reduce is the identity, so this checks the flatten / reduce / unflatten round trip.
-    dist = torch.distributed
-    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'pg'}", rank=0, world_size=1)
-    try:
-        cm = ConfusionMatrix(4)
-        cm.update(GT, PRED)
-        cm.reduce_from_all_processes()
-    finally:
-        dist.destroy_process_group()
-    assert cm.compute()["matrix"] == [[1, 1, 0, 0], [0, 2, 0, 0], [1, 0, 1, 0], [0, 0, 0, 0]]
-    np.testing.assert_array_equal(cm.unlabeled, [0, 1, 0, 0])
-    assert cm.mat.dtype == np.int64
-
-
 def test_dataframes():
     cm = ConfusionMatrix(4)
     cm.update(GT, PRED)
@@ -221,12 +181,11 @@ def test_average_precision_validates():
         average_precision(np.zeros((2, 2)), np.full((2, 2), 2))
 
 
-def test_exact_match_and_per_class_accuracy():
+def test_exact_match_accuracy():
     probs = np.array([[0.9, 0.2], [0.6, 0.7], [0.4, 0.1], [0.5, 0.0]])
     labels = np.array([[1, 0], [1, 0], [0, 0], [1, 0]])
     # Rows 0 and 2 match; row 1 predicts an extra class; row 3: 0.5 is not > 0.5, so class 0 is missed.
     assert exact_match_accuracy(probs, labels) == pytest.approx(2 / 4)
-    np.testing.assert_allclose(per_class_accuracy(probs, labels), [3 / 4, 3 / 4])
     assert exact_match_accuracy(probs, labels, threshold=0.45) == pytest.approx(3 / 4)
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
         exact_match_accuracy(probs * 4 - 2, labels)  # logits, not probabilities

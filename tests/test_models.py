@@ -1,7 +1,10 @@
 import pytest
 import torch
 
-from gain.models import Classifier, LargeFOV, build_trunk
+from gain.cam.model import Classifier
+from gain.models.backbones import WeightsError, build_trunk
+from gain.runtime.engine import sgd
+from gain.sec.model import LargeFOV
 
 
 def assert_backward_reaches_every_parameter(model: torch.nn.Module, out: torch.Tensor) -> None:
@@ -69,34 +72,34 @@ def test_classifier_resnet50_features_stride_32():
 
 def test_classifier_param_groups_fc_at_10x():
     clf = Classifier("small", 4)
-    groups = clf.param_groups(lr=0.01, weight_decay=5e-4)
+    groups = clf.param_groups(weight_decay=5e-4)
     assert param_ids(groups) == [id(p) for p in clf.trunk.parameters()] + [id(p) for p in clf.fc.parameters()]
     assert sorted(param_ids(groups)) == sorted(id(p) for p in clf.parameters())  # each once, none left out
     trunk, fc = groups
-    assert trunk["lr"] == pytest.approx(0.01) and fc["lr"] == pytest.approx(0.1)
+    assert trunk["lr_mult"] == 1 and fc["lr_mult"] == 10
     assert {id(p) for p in fc["params"]} == {id(clf.fc.weight), id(clf.fc.bias)}
     assert trunk["weight_decay"] == fc["weight_decay"] == 5e-4
 
 
 def test_largefov_param_groups_sec_multipliers():
     net = LargeFOV("small", 21)
-    groups = net.param_groups(lr=1e-3, weight_decay=5e-4)
+    groups = net.param_groups(weight_decay=5e-4)
     assert sorted(param_ids(groups)) == sorted(id(p) for p in net.parameters())  # each once, none left out
     by_param = {id(p): g for g in groups for p in g["params"]}
     weight, bias = by_param[id(net.fc8.weight)], by_param[id(net.fc8.bias)]
     assert weight["params"] == [net.fc8.weight] and bias["params"] == [net.fc8.bias]
-    assert weight["lr_mult"] == 10 and weight["lr"] == pytest.approx(1e-2)
-    assert bias["lr_mult"] == 20 and bias["lr"] == pytest.approx(2e-2)
+    assert weight["lr_mult"] == 10 and bias["lr_mult"] == 20
     assert bias["weight_decay"] == 0.0 and weight["weight_decay"] == 5e-4
     for p in [*net.trunk.parameters(), *net.fc6.parameters(), *net.fc7.parameters()]:
         g = by_param[id(p)]
-        assert g["lr_mult"] == 1 and g["lr"] == pytest.approx(1e-3) and g["weight_decay"] == 5e-4
+        assert g["lr_mult"] == 1 and g["weight_decay"] == 5e-4
 
 
 def test_param_groups_build_an_sgd_optimizer():
     net = LargeFOV("small", 21)
-    opt = torch.optim.SGD(net.param_groups(lr=1e-3, weight_decay=5e-4), lr=1e-3, momentum=0.9)
-    assert [g["lr"] for g in opt.param_groups] == pytest.approx([1e-3, 1e-2, 2e-2])
+    opt = sgd(net.param_groups(weight_decay=5e-4), lr=1e-3, momentum=0.9)
+    assert [g["lr_mult"] for g in opt.param_groups] == [1, 10, 20]
+    assert [g["momentum"] for g in opt.param_groups] == [0.9, 0.9, 0.9]
 
 
 # ---------------------------------------------------------------- construction errors and weights
@@ -113,9 +116,9 @@ def test_unknown_backbone_is_named():
 
 def test_missing_weights_file_is_named(tmp_path):
     missing = tmp_path / "nowhere" / "trunk.pt"
-    with pytest.raises(FileNotFoundError, match="trunk.pt"):
+    with pytest.raises(WeightsError, match="trunk.pt"):
         Classifier("small", 20, weights=str(missing))
-    with pytest.raises(FileNotFoundError, match="nowhere"):
+    with pytest.raises(WeightsError, match="nowhere"):
         LargeFOV("small", 21, weights=str(missing))
 
 
@@ -149,5 +152,5 @@ def test_weights_file_matching_nothing_is_an_error(tmp_path):
     # A whole classifier's state_dict has "trunk."-prefixed keys: nothing matches the bare trunk.
     path = tmp_path / "classifier.pt"
     torch.save(Classifier("small", 20).state_dict(), path)
-    with pytest.raises(ValueError, match="no parameter"):
+    with pytest.raises(WeightsError, match="no parameter"):
         Classifier("small", 20, weights=str(path))

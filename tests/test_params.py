@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from gain.params import (
+from gain.runtime.params import (
     STAGE_PARAMS,
     Params,
     ParamsError,
@@ -20,6 +20,7 @@ from gain.params import (
     parse_params,
     section_dict,
 )
+from tests.pipeline_utils import deep_update
 
 REPO = Path(__file__).resolve().parents[1]
 PARAMS_YAML = REPO / "params.yaml"
@@ -69,12 +70,76 @@ def test_params_are_frozen():
         params.gain.alpha = 0.0
 
 
-def test_missing_keys_take_defaults_and_ints_widen_to_float():
-    params = parse_params({"gain": {"lr": 1, "alpha": 0}})
+def parse(overrides: dict) -> Params:
+    """The repo's params.yaml with `overrides` merged in, validated."""
+    return parse_params(deep_update(repo_raw(), overrides))
+
+
+def test_ints_widen_to_float():
+    params = parse({"gain": {"lr": 1, "alpha": 0}})
     assert params.gain.lr == 1.0 and isinstance(params.gain.lr, float)
     assert params.gain.alpha == 0.0 and isinstance(params.gain.alpha, float)
-    assert params.gain.epochs == Params().gain.epochs
-    assert params.sec == Params().sec
+
+
+@pytest.mark.parametrize(
+    ("dotted", "missing"),
+    [("gain.lr", "gain.lr"), ("seed", "seed"), ("data.synthetic.n_val", "data.synthetic.n_val")],
+)
+def test_every_key_is_required_params_yaml_is_the_only_source(dotted, missing):
+    raw = repo_raw()
+    *parents, last = dotted.split(".")
+    node = raw
+    for k in parents:
+        node = node[k]
+    del node[last]
+    with pytest.raises(ParamsError, match=rf"{re.escape(missing)}: missing key"):
+        parse_params(raw)
+
+
+def test_dataclasses_declare_no_default_values():
+    """A default in gain/runtime/params.py would be a second source beside params.yaml."""
+
+    def walk(cls):
+        for f in dataclasses.fields(cls):
+            assert f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING, f.name
+            if dataclasses.is_dataclass(f.type if not isinstance(f.type, str) else None):
+                walk(f.type)
+
+    for cls in (
+        Params,
+        *[type(v) for v in vars(load_params(PARAMS_YAML)).values() if dataclasses.is_dataclass(v)],
+    ):
+        walk(cls)
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [
+        ("1e-5", 1e-5),
+        ("1e-05", 1e-5),
+        ("1.0e-05", 1e-5),
+        ("1e6", 1e6),
+        ("2E+3", 2000.0),
+        (".5", 0.5),
+        ("3", 3.0),
+    ],
+)
+def test_floats_in_any_yaml_spelling_are_numbers(tmp_path, text, value):
+    """PyYAML's YAML 1.1 reads 1e-05 (what `dvc exp run -S gain.lr=1e-5` writes) as a string."""
+    path = tmp_path / "params.yaml"
+    path.write_text(PARAMS_YAML.read_text().replace("  lr: 0.01\n", f"  lr: {text}\n", 1))
+    assert load_params(path).gain.lr == value
+
+
+def test_unknown_key_at_every_level_is_named():
+    for overrides, key in (
+        ({"learning_rate": 0.1}, "learning_rate"),
+        ({"gain": {"learning_rate": 0.1}}, "gain.learning_rate"),
+        ({"data": {"synthetic": {"size": 3}}}, "data.synthetic.size"),
+        ({"runtime": {"mlflow": {"uri": "x"}}}, "runtime.mlflow.uri"),
+    ):
+        with pytest.raises(ParamsError, match=rf"{re.escape(key)}: unknown key"):
+            parse(overrides)
 
 
 def test_missing_file_names_it(tmp_path):
@@ -108,15 +173,15 @@ def test_unknown_nested_key_suggests_the_close_match(tmp_path):
 
 def test_unknown_top_level_and_deep_keys():
     with pytest.raises(ParamsError, match=r"seeed: unknown key; did you mean seed\?"):
-        parse_params({"seeed": 1})
+        parse({"seeed": 1})
     deep = r"data\.synthetic\.num_clases: unknown key; did you mean data\.synthetic\.num_classes\?"
     with pytest.raises(ParamsError, match=deep):
-        parse_params({"data": {"synthetic": {"num_clases": 4}}})
+        parse({"data": {"synthetic": {"num_clases": 4}}})
 
 
 def test_unknown_key_without_close_match_lists_known_keys():
     with pytest.raises(ParamsError, match=r"gain\.zzz: unknown key; known keys: backbone, weights, "):
-        parse_params({"gain": {"zzz": 1}})
+        parse({"gain": {"zzz": 1}})
 
 
 # --- types, ranges and choices: the message names the key and the file ----------------------------------
@@ -154,13 +219,13 @@ def test_out_of_range_names_key_and_file(tmp_path, key, value):
 
 
 def test_range_bounds_are_inclusive():
-    params = parse_params({"gain": {"sigma": 1.0, "momentum": 0}, "seeds": {"fg_threshold": 0.0}})
+    params = parse({"gain": {"sigma": 1.0, "momentum": 0}, "seeds": {"fg_fraction": 0.0}})
     assert params.gain.sigma == 1.0 and params.gain.momentum == 0.0
 
 
 def test_nan_is_out_of_range():
     with pytest.raises(ParamsError, match="gain.sigma"):
-        parse_params({"gain": {"sigma": float("nan")}})
+        parse({"gain": {"sigma": float("nan")}})
 
 
 def test_bad_choice_lists_allowed_values(tmp_path):
@@ -175,9 +240,9 @@ def test_choices_are_checked_in_every_section():
     with pytest.raises(
         ParamsError, match=r"sec\.backbone: 'resnet50' is not allowed; choose one of small, vgg16"
     ):
-        parse_params({"sec": {"backbone": "resnet50"}})
+        parse({"sec": {"backbone": "resnet50"}})
     with pytest.raises(ParamsError, match=r"device: 'gpu' is not allowed"):
-        parse_params({"device": "gpu"})
+        parse({"device": "gpu"})
 
 
 def test_bias_class_must_be_one_of_the_synthetic_classes(tmp_path):
@@ -187,13 +252,13 @@ def test_bias_class_must_be_one_of_the_synthetic_classes(tmp_path):
     assert str(e.value).startswith(f"{path}: data.synthetic.bias_class: 7 is out of range")
     assert "num_classes=6" in str(e.value)
     # The last class is allowed (bias_class is 1-based over the foreground classes).
-    last = parse_params({"data": {"synthetic": {"num_classes": 6, "bias_class": 6}}})
+    last = parse({"data": {"synthetic": {"num_classes": 6, "bias_class": 6}}})
     assert last.data.synthetic.bias_class == 6
 
 
 def test_pixel_labelled_cannot_exceed_train_images():
     with pytest.raises(ParamsError, match=r"data\.synthetic\.pixel_labelled: 300 exceeds"):
-        parse_params({"data": {"synthetic": {"n_train": 240, "pixel_labelled": 300}}})
+        parse({"data": {"synthetic": {"n_train": 240, "pixel_labelled": 300}}})
 
 
 def test_top_level_must_be_a_mapping(tmp_path):
@@ -228,8 +293,7 @@ def test_section_dict_holds_only_the_stage_sections():
     assert set(used) == set(STAGE_PARAMS["gain"])
     flat = flatten(used)
     assert flat["gain.alpha"] == params.gain.alpha
-    assert flat["mlflow.experiment"] == params.mlflow.experiment
-    assert not any(k.startswith(("sec.", "data.", "seeds.")) for k in flat)
+    assert not any(k.startswith(("sec.", "data.", "seeds.", "runtime.")) for k in flat)
 
 
 def test_params_hash_is_stable_and_value_sensitive():
@@ -252,7 +316,7 @@ def test_dvc_yaml_stage_params_match_stage_params():
     stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
     assert stages, "dvc.yaml has no stages"
     unknown = sorted(set(stages) - set(STAGE_PARAMS))
-    assert not unknown, f"dvc.yaml stages missing from gain.params.STAGE_PARAMS: {unknown}"
+    assert not unknown, f"dvc.yaml stages missing from gain.runtime.params.STAGE_PARAMS: {unknown}"
     for name, stage in stages.items():
         listed = stage.get("params", [])
         assert all(isinstance(p, str) for p in listed), f"{name}: params must be plain keys of params.yaml"
@@ -262,8 +326,23 @@ def test_dvc_yaml_stage_params_match_stage_params():
         )
 
 
-def test_stage_params_name_real_sections():
+def test_stage_params_name_real_sections_and_never_runtime():
     top = {f.name for f in dataclasses.fields(Params)}
     for stage, keys in STAGE_PARAMS.items():
         assert set(keys) <= top, stage
-        assert "mlflow" in keys  # every stage opens its MLflow run through gain.tracking.stage_run
+        assert "runtime" not in keys  # knobs that do not change outputs never re-run a stage
+
+
+def test_each_stage_script_reads_only_its_dvc_params():
+    """`params.<section>` in stages/<stage>.py: only the sections dvc.yaml lists for it, plus runtime."""
+    import ast
+
+    for stage, keys in STAGE_PARAMS.items():
+        tree = ast.parse((REPO / "stages" / f"{stage}.py").read_text())
+        read = {
+            n.attr
+            for n in ast.walk(tree)
+            if isinstance(n, ast.Attribute) and isinstance(n.value, ast.Name) and n.value.id == "params"
+        }
+        assert read, stage
+        assert read <= set(keys) | {"runtime"}, (stage, sorted(read - set(keys)))

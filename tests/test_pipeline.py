@@ -4,11 +4,11 @@ real MLflow sqlite store read back through the MLflow client."""
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
-import yaml
 from mlflow.tracking import MlflowClient
 
 from tests.pipeline_utils import dvc, make_repo, python, write_params
@@ -90,7 +90,7 @@ def test_outputs_of_every_stage(pipeline):
     ids = json.loads((repo / "data/dataset/index.json").read_text())["splits"]["weak_train"]
     seed_pngs = sorted(p.stem for p in (repo / "data/seeds").glob("*.png"))
     assert seed_pngs == sorted(ids)
-    from gain.io import read_label_png
+    from gain.runtime.io import read_label_png
 
     for i in ids:
         values = set(read_label_png(repo / "data/seeds" / f"{i}.png").ravel().tolist())
@@ -130,23 +130,51 @@ def test_second_repro_is_a_noop(pipeline):
     assert sum(len(v) for v in runs_by_stage(repo).values()) == before
 
 
-def test_changing_a_sec_param_reruns_only_sec_and_evaluate(pipeline, tmp_path):
-    repo, _ = pipeline
+@pytest.fixture(scope="module")
+def changed(pipeline, tmp_path_factory):
+    """A copy of the pipeline repo (store and DVC cache included, so the shared one stays as it was): sec.lr
+    changed and reproduced, then changed back and reproduced again. -> (repo, first output, second output)."""
+    repo = tmp_path_factory.mktemp("changed") / "repo"
+    shutil.copytree(pipeline[0], repo, symlinks=True)
     write_params(repo, {"sec": {"lr": 0.001}})
-    out = dvc(repo, "repro").stdout
+    first = dvc(repo, "repro").stdout
+    write_params(repo, {"sec": {"lr": 0.002}})
+    second = dvc(repo, "repro").stdout
+    return repo, first, second
+
+
+def test_changing_a_sec_param_reruns_only_sec_and_evaluate(changed):
+    repo, out, _ = changed
     assert "Running stage 'sec'" in out and "Running stage 'evaluate'" in out
     for stage in ("data", "gain", "seeds"):
         assert f"Running stage '{stage}'" not in out
     runs = runs_by_stage(repo)
     assert len(runs["sec"]) == 2 and len(runs["gain"]) == 1
-    params = yaml.safe_load((repo / "params.yaml").read_text())
-    assert params["sec"]["lr"] == 0.001
 
 
-def test_compare_tables_one_row_per_pipeline_run(pipeline):
-    """After the sec.lr change there are two pipeline executions; only sec.lr differs between them."""
-    repo, _ = pipeline
-    out = python(repo, "-m", "gain.compare", "--out", "reports/compare")
+def test_going_back_to_earlier_params_is_restored_from_the_run_cache(changed):
+    """DVC's run-cache brings back sec's and evaluate's outputs for the earlier params without running."""
+    repo, _, out = changed
+    assert "Running stage" not in out, out
+    assert "Stage 'sec' is cached - skipping run, checking out outputs" in out
+    assert "Stage 'evaluate' is cached - skipping run, checking out outputs" in out
+    assert len(runs_by_stage(repo)["sec"]) == 2  # no third MLflow run: nothing ran
+    assert dvc(repo, "status").stdout.strip() == "Data and pipelines are up to date."
+
+
+def test_runtime_knobs_are_not_dvc_params(pipeline, tmp_path):
+    """Workers, checkpoint cadence, figure counts and the MLflow experiment never re-run a stage."""
+    repo = tmp_path / "repo"
+    shutil.copytree(pipeline[0], repo, symlinks=True)
+    write_params(repo, {"runtime": {"workers": 1, "sec_ckpt_every": 3, "vis_images": 1, "crf_workers": 1}})
+    write_params(repo, {"runtime": {"mlflow": {"experiment": "elsewhere"}}})
+    assert "Running stage" not in dvc(repo, "repro").stdout
+
+
+def test_compare_tables_one_row_per_pipeline_run(changed):
+    """Two pipeline executions with runs (the first and the sec.lr change); only sec.lr differs."""
+    repo = changed[0]
+    out = python(repo, "-m", "gain.evaluation.compare", "--out", "reports/compare")
     import pandas as pd
 
     df = pd.read_csv(repo / "reports/compare.csv")
@@ -158,12 +186,11 @@ def test_compare_tables_one_row_per_pipeline_run(pipeline):
     assert "sec.lr" in out.stdout
 
 
-def test_rerun_from_scratch_gives_identical_metrics(pipeline, tmp_path):
-    """Same params and seed on a fresh copy: every metrics file is byte-identical."""
+def test_rerun_from_scratch_gives_identical_outputs(pipeline, tmp_path):
+    """Same params and seed on a fresh copy: every metrics file and the dvc.lock hashes are identical."""
     repo, _ = pipeline
-    write_params(repo, {"sec": {"lr": 0.002}})  # undo the previous test's edit if it ran first
-    dvc(repo, "repro")
     other = make_repo(tmp_path / "again")
     dvc(other, "repro")
     for path in METRICS:
         assert (repo / path).read_text() == (other / path).read_text(), path
+    assert (repo / "dvc.lock").read_text() == (other / "dvc.lock").read_text()

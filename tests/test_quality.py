@@ -12,23 +12,24 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
-from gain.data import VOCDataset, synthetic_dataset_index
-from gain.engine import Runtime, seed_everything
-from gain.io import save_palette_png
-from gain.metrics import ConfusionMatrix
-from gain.params import load_params
-from gain.pretrain import FG_FRACTION, train_gain
-from gain.seeds import image_attention, make_cues
-from gain.segment import predict, train_sec
-from gain.synthetic import SyntheticConfig, generate
-from gain.tracking import NullRun
-from gain.transforms import eval_preset
-from gain.voc import voc_palette
+from gain.cam.attention import FG_FRACTION
+from gain.cam.train import train_gain
+from gain.data.dataset import VOCDataset, synthetic_dataset_index
+from gain.data.synthetic import SyntheticConfig, generate
+from gain.data.transforms import eval_preset
+from gain.data.voc import voc_palette
+from gain.evaluation.metrics import ConfusionMatrix
+from gain.runtime.engine import CPU, save_model, seed_everything
+from gain.runtime.io import save_palette_png
+from gain.runtime.params import load_params
+from gain.runtime.tracking import NullRun
+from gain.sec.evaluate import predict
+from gain.sec.train import train_sec
+from gain.seeds.cues import make_cues
+from gain.seeds.extract import image_attention
 
 pytestmark = pytest.mark.e2e
-CPU = Runtime(device=torch.device("cpu"), amp=False, channels_last=False)
 SHIPPED = load_params(Path(__file__).resolve().parents[1] / "params.yaml")
 SIZE = SHIPPED.gain.input_size
 
@@ -38,9 +39,7 @@ def attention_stats(classifier, index, ids):
     ds = VOCDataset(index, ids, eval_preset(SIZE), keep_original=True)
     hit = total = 0
     seeds, cm = {}, ConfusionMatrix(index.num_classes)
-    for item, attn, classes in image_attention(
-        classifier, ds, device=CPU.device, batch_size=32, flip=SHIPPED.seeds.flip
-    ):
+    for item, attn, classes in image_attention(classifier, ds, CPU, batch_size=32, flip=SHIPPED.seeds.flip):
         gt = item["orig_mask"]
         for a, c in zip(attn, classes, strict=True):
             obj = gt == c
@@ -48,7 +47,7 @@ def attention_stats(classifier, index, ids):
             total += obj.sum()
         sp = SHIPPED.seeds
         cues = make_cues(
-            attn, classes, fg_threshold=sp.fg_threshold, bg_threshold=sp.bg_threshold, conflict=sp.conflict
+            attn, classes, fg_fraction=sp.fg_fraction, bg_threshold=sp.bg_threshold, conflict=sp.conflict
         )
         seeds[item["id"]] = cues
         cm.update(gt, cues)
@@ -61,22 +60,25 @@ def trained(tmp_path_factory):
     root = tmp / "VOC2012"
     generate(root, SyntheticConfig(**asdict(SHIPPED.data.synthetic), seed=SHIPPED.seed), progress=False)
     index = synthetic_dataset_index(root)
-    base = replace(SHIPPED.gain, vis_images=0)
-    out = {"index": index, "tmp": tmp}
+    base = SHIPPED.gain
+    knobs = replace(SHIPPED.runtime, vis_images=0, crf_workers=0)
+    out = {"index": index, "tmp": tmp, "knobs": knobs}
     for name, alpha in (("gradcam", 0.0), ("gain", 1.0)):
         seed_everything(SHIPPED.seed, True)
-        res = train_gain(
+        result, model = train_gain(
             replace(base, alpha=alpha),
             index,
             CPU,
             NullRun(),
             seed=SHIPPED.seed,
+            knobs=knobs,
             ckpt_dir=tmp / name,
             fingerprint=name,
         )
-        clf = res["model"].classifier.eval()
+        save_model(tmp / name / "model.pt", result)
+        clf = model.classifier.eval()
         coverage, seeds, seed_miou = attention_stats(clf, index, index.splits["weak_train"])
-        last = res["result"].history[-1]
+        last = result.history[-1]
         out[name] = {
             "map": last["map"],
             "attn_miou": last["attn_miou"],
@@ -115,23 +117,24 @@ def test_sec_on_gain_seeds_beats_the_seeds_own_miou(trained):
     for image_id, cues in trained["gain"]["seeds"].items():
         save_palette_png(seeds_dir / f"{image_id}.png", cues, voc_palette())
     seed_everything(SHIPPED.seed, True)
-    p = replace(SHIPPED.sec, eval_every=SHIPPED.sec.iterations, crf_workers=0)
-    res = train_sec(
+    p = replace(SHIPPED.sec, eval_every=SHIPPED.sec.iterations)
+    _, model = train_sec(
         p,
         index,
         CPU,
         NullRun(),
         seed=SHIPPED.seed,
+        knobs=trained["knobs"],
         seeds_dir=seeds_dir,
-        gain_ckpt=tmp / "gain" / "best.pt",
+        gain_model=tmp / "gain" / "model.pt",
         ckpt_dir=tmp / "sec",
         fingerprint="sec",
     )
-    from gain.crf import dense_crf
+    from gain.sec.crf import dense_crf
 
     ds = VOCDataset(index, index.splits["val"], eval_preset(SIZE), keep_original=True)
     plain, crf = ConfusionMatrix(index.num_classes), ConfusionMatrix(index.num_classes)
-    for item, probs in predict(res["model"], ds, CPU):
+    for item, probs in predict(model, ds, CPU):
         plain.update(item["orig_mask"], probs.argmax(0))
         crf.update(
             item["orig_mask"], dense_crf(item["orig_image"], probs.astype(np.float32), scale=1.0).argmax(0)

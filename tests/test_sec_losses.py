@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from gain.sec_losses import (
+from gain.sec.losses import (
     constrain_loss,
     expansion_loss,
     gwrp,

@@ -3,7 +3,10 @@ import math
 import numpy as np
 import pytest
 
-from gain.seeds import SeedQuality, dense_from_attention, make_cues
+from gain.seeds.cues import dense_from_attention, make_cues
+from gain.seeds.quality import SeedQuality
+
+RULE = {"fg_fraction": 0.2, "bg_threshold": 0.05}  # SEC's foreground rule; a small background threshold
 
 CLASSES = [3, 7]
 # Two (2, 4) maps. Class 3 peaks at 0.8, so its foreground threshold is 0.2 * 0.8 = 0.16.
@@ -27,53 +30,53 @@ CUES_IGNORE = [[3, 3, 0, 255], [255, 0, 7, 0]]
 
 
 def test_make_cues_max_rule():
-    cues = make_cues(ATTN, CLASSES, fg_threshold=0.2, bg_threshold=0.05, conflict="max")
+    cues = make_cues(ATTN, CLASSES, fg_fraction=0.2, bg_threshold=0.05, conflict="max")
     assert cues.dtype == np.uint8 and cues.shape == (2, 4)
     np.testing.assert_array_equal(cues, CUES_MAX)
 
 
 def test_make_cues_ignore_rule():
-    cues = make_cues(ATTN, CLASSES, conflict="ignore")
+    cues = make_cues(ATTN, CLASSES, fg_fraction=0.2, bg_threshold=0.05, conflict="ignore")
     np.testing.assert_array_equal(cues, CUES_IGNORE)
 
 
 def test_make_cues_conflict_uses_normalised_not_raw_attention():
     # Raw attention favours class 2 at (0, 0) (0.5 > 0.4) but normalised favours class 1 (1.0 > 0.5).
     attn = np.array([[[0.4, 0.0]], [[0.5, 1.0]]])
-    np.testing.assert_array_equal(make_cues(attn, [1, 2]), [[1, 2]])
+    np.testing.assert_array_equal(make_cues(attn, [1, 2], **RULE), [[1, 2]])
 
 
 def test_make_cues_order_follows_classes():
-    np.testing.assert_array_equal(make_cues(ATTN[::-1], CLASSES[::-1]), CUES_MAX)
+    np.testing.assert_array_equal(make_cues(ATTN[::-1], CLASSES[::-1], **RULE), CUES_MAX)
 
 
 def test_make_cues_zero_map_contributes_nothing():
     zero = np.zeros((1, 2, 4))
-    with_zero = make_cues(np.concatenate([ATTN[:1], zero]), [3, 7])
-    np.testing.assert_array_equal(with_zero, make_cues(ATTN[:1], [3]))
-    np.testing.assert_array_equal(make_cues(zero, [5]), np.zeros((2, 4)))  # all background, no nan
+    with_zero = make_cues(np.concatenate([ATTN[:1], zero]), [3, 7], **RULE)
+    np.testing.assert_array_equal(with_zero, make_cues(ATTN[:1], [3], **RULE))
+    np.testing.assert_array_equal(make_cues(zero, [5], **RULE), np.zeros((2, 4)))  # all background, no nan
 
 
 def test_make_cues_no_classes_is_all_background():
-    cues = make_cues(np.zeros((0, 3, 2)), [])
+    cues = make_cues(np.zeros((0, 3, 2)), [], **RULE)
     assert cues.shape == (3, 2) and cues.dtype == np.uint8
     assert (cues == 0).all()
 
 
 def test_make_cues_foreground_wins_over_background():
     # A weak map (max 0.04): its peak is foreground (relative rule) though below the absolute bg threshold.
-    np.testing.assert_array_equal(make_cues(np.array([[[0.04, 0.0]]]), [5]), [[5, 0]])
+    np.testing.assert_array_equal(make_cues(np.array([[[0.04, 0.0]]]), [5], **RULE), [[5, 0]])
 
 
 def test_make_cues_validates():
     with pytest.raises(ValueError, match=r"'max', 'ignore'.*'maxx'"):
-        make_cues(ATTN, CLASSES, conflict="maxx")
+        make_cues(ATTN, CLASSES, conflict="maxx", **RULE)
     with pytest.raises(ValueError, match="1 classes for 2 attention maps"):
-        make_cues(ATTN, [3])
+        make_cues(ATTN, [3], **RULE)
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
-        make_cues(ATTN * 3, CLASSES)
+        make_cues(ATTN * 3, CLASSES, **RULE)
     with pytest.raises(ValueError, match="foreground"):
-        make_cues(ATTN, [0, 7])
+        make_cues(ATTN, [0, 7], **RULE)
 
 
 def test_dense_from_attention():

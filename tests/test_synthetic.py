@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from gain import synthetic
-from gain.io import read_label_png
-from gain.synthetic import WATER, SyntheticConfig, generate, render_image, sample_figure
-from gain.voc import (
+from gain.data import synthetic
+from gain.data.dataset import synthetic_dataset_index
+from gain.data.prepare import sample_figure
+from gain.data.synthetic import WATER, SyntheticConfig, generate, render_image
+from gain.data.voc import (
     IGNORE_INDEX,
     labels_from_mask,
     labels_from_xml,
@@ -20,6 +21,7 @@ from gain.voc import (
     read_split,
     voc_palette,
 )
+from gain.runtime.io import read_label_png
 
 TINY = SyntheticConfig(
     num_classes=4,
@@ -218,6 +220,6 @@ def test_failed_run_leaves_existing_root_untouched(tmp_path, monkeypatch):
 def test_sample_figure(tmp_path, tiny):
     root, _ = tiny
     out = tmp_path / "figs" / "samples.png"
-    sample_figure(root, out, n=5)
+    sample_figure(synthetic_dataset_index(root), out, n=5)
     with Image.open(out) as img:
         assert img.format == "PNG" and img.size[0] > 200

@@ -16,8 +16,17 @@ from pathlib import Path
 
 import pytest
 
-from gain.params import STAGE_PARAMS, flatten, load_params, params_hash, parse_params, section_dict
-from gain.tracking import NullRun, TrackingError, repo_root, stage_run
+from gain.runtime.params import (
+    STAGE_PARAMS,
+    flatten,
+    load_params,
+    params_hash,
+    parse_params,
+    read_yaml,
+    section_dict,
+)
+from gain.runtime.tracking import NullRun, TrackingError, repo_root, stage_run
+from tests.pipeline_utils import deep_update
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -78,8 +87,8 @@ def test_stage_run_logs_a_nested_tagged_run(mlflow_uri, tmp_repo, monkeypatch, p
     assert parent.data.tags["kind"] == "pipeline" and parent.data.tags["pipeline_id"] == "pipe-1"
     # The experiment's artifacts live under the repo root, with the whole params file attached to the run.
     exp = client.get_experiment(r.info.experiment_id)
-    assert exp.name == params.mlflow.experiment
-    assert exp.artifact_location == (tmp_repo / "mlartifacts" / params.mlflow.experiment).as_uri()
+    assert exp.name == params.runtime.mlflow.experiment
+    assert exp.artifact_location == (tmp_repo / "mlartifacts" / params.runtime.mlflow.experiment).as_uri()
     logged = json.loads(Path(client.download_artifacts(run_id, "params.json", str(tmp_repo))).read_text())
     assert logged["sec"]["lr"] == params.sec.lr and logged["gain"]["alpha"] == params.gain.alpha
     # runs/<stage>.json points at the run, so outputs DVC restores from its cache still find their run.
@@ -146,7 +155,6 @@ def test_disabled_logs_nothing(mlflow_uri, tmp_repo, params):
         assert isinstance(run, NullRun) and run.run_id is None
         run.log_metrics({"train/loss": 1.0}, step=0)
         run.log_dict({"a": 1}, "a.json")
-        run.set_tags({"x": "y"})
     assert all_runs(mlflow_uri) == []
     assert [e.name for e in client_for(mlflow_uri).search_experiments()] == ["Default"]
     assert not (tmp_repo / "runs").exists() and not (tmp_repo / "mlartifacts").exists()
@@ -169,7 +177,12 @@ def test_params_tracking_uri_is_used_when_the_variable_is_unset(mlflow_store_tem
     db = tmp_path / "from-params.db"
     shutil.copyfile(mlflow_store_template, db)
     uri = f"sqlite:///{db}"
-    params = parse_params({"mlflow": {"experiment": "from-params", "tracking_uri": uri}})
+    params = parse_params(
+        deep_update(
+            read_yaml(REPO / "params.yaml"),
+            {"runtime": {"mlflow": {"experiment": "from-params", "tracking_uri": uri}}},
+        )
+    )
     with stage_run("data", params) as run:
         run_id = run.run_id
     assert [r.info.run_id for r in all_runs(uri) if r.data.tags["kind"] == "stage"] == [run_id]
@@ -189,7 +202,7 @@ def test_default_store_is_the_repo_root_sqlite_even_from_a_dvc_temp_copy(
     uri = f"sqlite:///{real / 'mlflow.db'}"
     r = client_for(uri).get_run(run_id)
     exp = client_for(uri).get_experiment(r.info.experiment_id)
-    assert exp.artifact_location == (real / "mlartifacts" / params.mlflow.experiment).as_uri()
+    assert exp.artifact_location == (real / "mlartifacts" / params.runtime.mlflow.experiment).as_uri()
     assert not (tmp_repo / "mlflow.db").exists()
     # The pointer is a stage output, so it is written in the stage's own working copy.
     assert json.loads((tmp_repo / "runs" / "data.json").read_text())["run_id"] == run_id

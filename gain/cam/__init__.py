@@ -1,0 +1,1 @@
+"""The `gain` stage: the GAIN classifier, Grad-CAM attention, its losses, training and evaluation."""

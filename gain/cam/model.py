@@ -1,0 +1,150 @@
+"""The GAIN network: a multi-label classifier (trunk + GAP head) and the two streams S_cl and S_am sharing
+its weights, run in one `nn.Module.forward` so DDP sees a single call."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from gain.cam.attention import grad_cam, label_pairs, soft_mask
+from gain.data.transforms import MEAN, STD
+from gain.models.backbones import build_trunk
+from gain.runtime.checkpoint import load_checkpoint
+from gain.runtime.params import GainParams
+
+
+class Classifier(nn.Module):
+    """Multi-label classifier: feats = trunk(x) (B, K, h, w); logits = head(feats) (B, C-1), GAP + linear."""
+
+    def __init__(self, backbone: str, num_classes: int, weights: str = "none"):
+        super().__init__()
+        self.trunk, ch = build_trunk(backbone, weights)
+        self.fc = nn.Linear(ch, num_classes)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.trunk(x)
+
+    def head(self, feats: torch.Tensor) -> torch.Tensor:
+        return self.fc(feats.mean(dim=(2, 3)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+    def param_groups(self, weight_decay: float) -> list[dict]:
+        """The backbone at the base learning rate, the new classification layer at 10x (`lr_mult`)."""
+        return [
+            {"params": list(self.trunk.parameters()), "weight_decay": weight_decay, "lr_mult": 1},
+            {"params": list(self.fc.parameters()), "weight_decay": weight_decay, "lr_mult": 10},
+        ]
+
+
+@contextmanager
+def bn_eval(module: nn.Module, enabled: bool):
+    """Temporarily put BatchNorm layers in eval mode (masked batch neither uses nor updates batch stats)."""
+    bns = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training]
+    if enabled:
+        for m in bns:
+            m.eval()
+    try:
+        yield
+    finally:
+        if enabled:
+            for m in bns:
+                m.train()
+
+
+class GAIN(nn.Module):
+    """S_cl and S_am with shared weights.
+
+    forward(x (B,3,H,W), labels (B,C-1)) -> dict: logits (B,C-1); attn (P,h,w); pair_image, pair_class (P,);
+    masked_logits (P,C-1) = classifier(I*), I* = I - T(A) (.) (I - erase_value) (Eq. 3).
+    erase "mean": erased pixels become 0 in normalised space, the dataset mean colour (the paper's I - T(A) I
+    on normalised input); "black": they become black in RGB. am_grad "all": L_am trains every weight through
+    both streams (Eq. 6 read literally); "mask": S_am's forward uses detached weights, so L_am changes the
+    network only through the attention map T(A) and cannot teach the classifier to score masked images low.
+    """
+
+    def __init__(
+        self,
+        classifier: Classifier,
+        *,
+        sigma: float = 0.5,
+        omega: float = 10.0,
+        differentiable: bool = True,
+        masked_bn: str = "batch",
+        erase: str = "mean",
+        am_grad: str = "all",
+    ):
+        super().__init__()
+        for name, value, allowed in (
+            ("masked_bn", masked_bn, ("batch", "running")),
+            ("erase", erase, ("mean", "black")),
+            ("am_grad", am_grad, ("all", "mask")),
+        ):
+            if value not in allowed:
+                raise ValueError(f"{name}: {value!r} is not one of {allowed}")
+        self.am_grad = am_grad
+        self.classifier = classifier
+        self.sigma, self.omega = sigma, omega
+        self.differentiable = differentiable
+        self.masked_bn = masked_bn
+        self.erase = erase
+
+    def forward(self, x: torch.Tensor, labels: torch.Tensor, *, mine: bool = True) -> dict:
+        feats = self.classifier.features(x)
+        logits = self.classifier.head(feats)
+        pair_image, pair_class = label_pairs(labels)
+        if not mine:  # classification only (warm-up): no attention, no masked stream
+            return {"logits": logits, "pair_image": pair_image, "pair_class": pair_class}
+        attn = grad_cam(feats, logits, pair_image, pair_class, differentiable=self.differentiable)
+        out = {"logits": logits, "attn": attn, "pair_image": pair_image, "pair_class": pair_class}
+        if pair_image.numel():
+            t = soft_mask(attn, x.shape[-2:], sigma=self.sigma, omega=self.omega)
+            src = x[pair_image]
+            if self.erase == "black":
+                black = _black(x)
+                masked = src - t * (src - black)
+            else:
+                masked = src - t * src
+            with bn_eval(self.classifier, self.masked_bn == "running"):
+                if self.am_grad == "all":
+                    out["masked_logits"] = self.classifier(masked)
+                else:  # "mask": L_am reaches the weights only through T(A), not through S_am's own forward
+                    frozen = {k: v.detach() for k, v in self.classifier.state_dict(keep_vars=True).items()}
+                    out["masked_logits"] = torch.func.functional_call(self.classifier, frozen, (masked,))
+            out["masked_images"] = masked
+        return out
+
+
+def _black(x: torch.Tensor) -> torch.Tensor:
+    mean = torch.tensor(MEAN, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    std = torch.tensor(STD, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    return -mean / std
+
+
+def build_gain(p: GainParams, num_fg: int) -> GAIN:
+    classifier = Classifier(p.backbone, num_fg, weights=p.weights)
+    return GAIN(
+        classifier,
+        sigma=p.sigma,
+        omega=p.omega,
+        differentiable=p.grad_weights == "differentiable",
+        masked_bn=p.masked_bn,
+        erase=p.erase,
+        am_grad=p.am_grad,
+    )
+
+
+def load_classifier(path: Path) -> tuple[Classifier, dict]:
+    """The trained classifier of a GAIN model file (models/gain/model.pt) and the GAIN params it used."""
+    state = load_checkpoint(path)
+    p = state["params"]
+    classifier = Classifier(p["backbone"], len(state["classes"]) - 1, weights="none")
+    prefix = "classifier."
+    classifier.load_state_dict(
+        {k[len(prefix) :]: v for k, v in state["model"].items() if k.startswith(prefix)}
+    )
+    return classifier.eval(), p

@@ -1,0 +1,91 @@
+"""Figures people look at: image/attention/mask grids, bar charts, heatmaps (matplotlib, Agg)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from gain.data.voc import voc_palette
+from gain.runtime.io import atomic_path
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def colorize(mask: np.ndarray) -> np.ndarray:
+    """(H, W) label map -> (H, W, 3) uint8 in the VOC palette (255 = void shows in VOC's cream)."""
+    pal = np.array(voc_palette(), dtype=np.uint8).reshape(256, 3)
+    return pal[mask]
+
+
+def overlay(image: np.ndarray, heat: np.ndarray, alpha: float = 0.5) -> np.ndarray:
+    """Blend an (H, W) map in [0, 1] over an (H, W, 3) uint8 image with the jet colour map."""
+    plt = _plt()
+    rgb = (plt.get_cmap("jet")(np.clip(heat, 0, 1))[..., :3] * 255).astype(np.float32)
+    return (image.astype(np.float32) * (1 - alpha) + rgb * alpha).astype(np.uint8)
+
+
+def grid_figure(rows: list[list[tuple[np.ndarray, str]]], *, cell: float = 1.8):
+    """A figure of image cells; rows[i][j] = (array, title)."""
+    plt = _plt()
+    nr, nc = len(rows), max(len(r) for r in rows)
+    fig, axes = plt.subplots(nr, nc, figsize=(cell * nc, cell * nr), squeeze=False)
+    for i in range(nr):
+        for j in range(nc):
+            ax = axes[i][j]
+            ax.axis("off")
+            if j < len(rows[i]):
+                arr, title = rows[i][j]
+                ax.imshow(arr)
+                ax.set_title(title, fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def close_figure(fig) -> None:
+    _plt().close(fig)
+
+
+def save_figure(fig, path: str | Path) -> None:
+    """Save a matplotlib figure atomically as PNG and close it."""
+    plt = _plt()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+
+
+def bar_figure(names: list[str], values: list[float], *, title: str, ylabel: str):
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(max(4, 0.45 * len(names)), 3))
+    vals = [0 if v is None or np.isnan(v) else v for v in values]
+    ax.bar(range(len(names)), vals, color="tab:blue")
+    ax.set_xticks(range(len(names)), names, rotation=60, ha="right", fontsize=7)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def heatmap_figure(matrix: np.ndarray, names: list[str], *, title: str):
+    """Row-normalised confusion matrix heatmap (rows = ground truth)."""
+    plt = _plt()
+    m = matrix.astype(np.float64)
+    norm = m / np.maximum(m.sum(axis=1, keepdims=True), 1)
+    fig, ax = plt.subplots(figsize=(1 + 0.4 * len(names), 1 + 0.4 * len(names)))
+    im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(len(names)), names, rotation=70, ha="right", fontsize=7)
+    ax.set_yticks(range(len(names)), names, fontsize=7)
+    ax.set_xlabel("prediction")
+    ax.set_ylabel("ground truth")
+    ax.set_title(title, fontsize=9)
+    fig.colorbar(im, ax=ax, fraction=0.046)
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,225 @@
+"""The `evaluate` stage's outputs: SEC's scores on the reported split beside the papers', the per-class and
+confusion tables and figures, a qualitative grid and report.md, the run log people read."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+
+from gain.cam.attention import attention_maps
+from gain.data.dataset import DatasetIndex, VOCDataset
+from gain.data.transforms import eval_preset
+from gain.evaluation.figures import bar_figure, colorize, grid_figure, heatmap_figure, overlay, save_figure
+from gain.runtime.engine import Runtime, collate
+from gain.runtime.io import atomic_path, write_json, write_text
+from gain.sec.evaluate import SegmentationScores
+
+# PASCAL VOC 2012 val mIoU (%) from the GAIN paper (Li et al. 2018, Tables 1-2), with and without SEC's
+# CRF post-processing, keyed by the method whose seeds SEC trained on. SEC's own row uses CAM cues, which a
+# GAP + linear head's Grad-CAM equals; GAIN_ext uses the 1,464 VOC train pixel labels.
+PAPER_VOC_VAL = {
+    "Grad-CAM": {"row": "SEC (CAM cues)", "crf": 50.7, "no_crf": 44.79},
+    "GAIN": {"row": "GAIN (S_cl + S_am)", "crf": 55.3, "no_crf": 50.78},
+    "GAIN_ext": {"row": "GAIN_ext (+ S_e)", "crf": 60.5, "no_crf": 54.77},
+}
+# Table 4, classification accuracy (%) on the biased boat splits.
+PAPER_BIAS = {
+    "Grad-CAM": {"object_only": 42, "context_only": 30},
+    "GAIN": {"object_only": 48, "context_only": 62},
+    "GAIN_ext (78 px-labelled)": {"object_only": 84, "context_only": 84},
+}
+
+
+def method_name(alpha: float, ext: bool) -> str:
+    """One name per method, used in every report, figure and run name."""
+    if ext:
+        return "GAIN_ext"
+    return "GAIN" if alpha > 0 else "Grad-CAM"
+
+
+def _pct(x) -> str:
+    return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.1f}"
+
+
+def render(
+    *,
+    dataset: str,
+    method: str,
+    metrics: dict,
+    gain: dict,
+    seeds: dict,
+    per_class: list[dict],
+    commands: list[str],
+    figures: dict[str, str],
+) -> str:
+    """Markdown report. metrics: the evaluate stage's metrics.json; gain, seeds: those stages' metrics."""
+    is_voc = dataset == "voc"
+    ds_label = (
+        "PASCAL VOC 2012 val" if is_voc else "built-in SYNTHETIC set (val split) - not comparable to VOC"
+    )
+    lines = [
+        "# GAIN -> SEC evaluation report",
+        "",
+        f"Dataset: **{ds_label}**. Seeds from: **{method}**.",
+        "",
+        "## Segmentation mIoU (%)",
+        "",
+        "| seeds from | this run, no CRF | this run, CRF | paper VOC val, no CRF | paper VOC val, CRF |",
+        "|---|---|---|---|---|",
+    ]
+    for name, paper in PAPER_VOC_VAL.items():
+        ours = name == method
+        lines.append(
+            f"| {paper['row']}{' (this run)' if ours else ''} | {_pct(metrics['sec_miou']) if ours else ''} | "
+            f"{_pct(metrics.get('sec_crf_miou')) if ours else ''} | {paper['no_crf']} | {paper['crf']} |"
+        )
+    comparable = (
+        "this run is on VOC too."
+        if is_voc
+        else (
+            "this run is on the synthetic set, so only the ordering across methods is comparable, never the values."
+        )
+    )
+    lines += [
+        "",
+        f"The paper's numbers are PASCAL VOC 2012 val; {comparable}",
+        "",
+        "## Classifier, attention and seeds",
+        "",
+        "| measure | value |",
+        "|---|---|",
+        f"| GAIN classifier val mAP | {_pct(gain.get('map'))} |",
+        f"| val attention mIoU (attention > 20% of max vs. masks) | {_pct(gain.get('attn_miou'))} |",
+        f"| seed precision (train images with masks) | {_pct(seeds['seed_precision'])} |",
+        f"| seed recall (foreground) | {_pct(seeds['seed_recall'])} |",
+        f"| labeled fraction | {_pct(seeds['labeled_fraction'])} |",
+        f"| seed map mIoU (unlabeled counts as a miss) | {_pct(seeds['seed_miou'])} |",
+        f"| dense attention map mIoU | {_pct(seeds['dense_miou'])} |",
+        f"| SEC val pixel accuracy | {_pct(metrics['sec_pixel_accuracy'])} |",
+        "",
+    ]
+    if "bias_object_only_accuracy" in gain:
+        lines += [
+            "## Context bias (paper Table 4 setting)",
+            "",
+            "Classification accuracy on the biased class: *object only* = images with the class but without its",
+            "usual context (recognised?), *context only* = the context without the class (correctly absent?).",
+            "",
+            "| | object only | context only |",
+            "|---|---|---|",
+            f"| this run ({method}, synthetic) | {_pct(gain['bias_object_only_accuracy'])} | "
+            f"{_pct(gain['bias_context_only_accuracy'])} |",
+        ]
+        for name, v in PAPER_BIAS.items():
+            lines.append(f"| paper, {name} (VOC boat/water) | {v['object_only']} | {v['context_only']} |")
+        lines.append("")
+    lines += [
+        "## Per-class IoU (val, no CRF)",
+        "",
+        "| class | IoU | precision | recall | gt pixels |",
+        "|---|---|---|---|---|",
+    ]
+    for row in per_class:
+        lines.append(
+            f"| {row['class']} | {_pct(row['iou'])} | {_pct(row['precision'])} | {_pct(row['recall'])} | "
+            f"{row['gt_pixels']} |"
+        )
+    lines += ["", "## Figures", ""]
+    for title, path in figures.items():
+        lines += [f"### {title}", "", f"![{title}]({path})", ""]
+    lines += ["## How these numbers were produced", "", "```", *commands, "```", ""]
+    return "\n".join(lines)
+
+
+def qualitative_figure(
+    scores: SegmentationScores, classifier, index: DatasetIndex, rt: Runtime, *, input_size: int
+):
+    """Rows of image / ground truth / GAIN attention (max over the image's classes) / SEC / SEC + CRF."""
+    examples = scores.examples
+    ds = VOCDataset(index, [e["item"]["id"] for e in examples], eval_preset(input_size))
+    batch = collate([ds[i] for i in range(len(ds))])
+    attn, pair_image, _ = attention_maps(
+        classifier, rt.to_device(batch["image"]), batch["label"].to(rt.device), flip=False
+    )
+    rows = []
+    for b, e in enumerate(examples):
+        img = e["item"]["orig_image"]
+        mine = attn[pair_image == b].float().cpu()
+        heat = np.zeros(img.shape[:2])
+        if len(mine):
+            from torch.nn import functional as F
+
+            heat = F.interpolate(mine[:, None], size=img.shape[:2], mode="bilinear")[:, 0].amax(0).numpy()
+        row = [
+            (img, e["item"]["id"]),
+            (colorize(e["item"]["orig_mask"]), "ground truth"),
+            (overlay(img, heat), "GAIN attention"),
+            (colorize(e["pred"]), "SEC"),
+        ]
+        if e["crf_pred"] is not None:
+            row.append((colorize(e["crf_pred"]), "SEC + CRF"))
+        rows.append(row)
+    return grid_figure(rows)
+
+
+def write_evaluation(
+    out: Path,
+    scores: SegmentationScores,
+    index: DatasetIndex,
+    *,
+    method: str,
+    gain: dict,
+    seeds: dict,
+    qualitative,
+    commands: list[str],
+) -> dict:
+    """Write metrics.json, per_class_iou.csv, confusion.csv, the figures and report.md under `out`.
+    -> the metrics dict."""
+    plain = scores.plain.compute(index.classes)
+    metrics = {
+        "sec_miou": plain["miou"],
+        "sec_pixel_accuracy": plain["pixel_accuracy"],
+        "sec_absent_classes": plain["absent_classes"],
+        "method": method,
+        "dataset": index.source,
+    }
+    if scores.crf is not None:
+        crf = scores.crf.compute(index.classes)
+        metrics |= {"sec_crf_miou": crf["miou"], "sec_crf_pixel_accuracy": crf["pixel_accuracy"]}
+    write_json(out / "metrics.json", metrics)
+    table = scores.plain.per_class_table(index.classes)
+    with atomic_path(out / "per_class_iou.csv") as tmp:
+        table.to_csv(tmp, index=False)
+    with atomic_path(out / "confusion.csv") as tmp:
+        scores.plain.to_dataframe(index.classes).to_csv(tmp)
+    names = list(index.classes)
+    save_figure(
+        heatmap_figure(scores.plain.mat, names, title=f"SEC confusion ({index.source})"),
+        out / "confusion.png",
+    )
+    save_figure(
+        bar_figure(names, plain["iou"], title="SEC per-class IoU (no CRF)", ylabel="IoU"),
+        out / "per_class_iou.png",
+    )
+    save_figure(qualitative, out / "qualitative.png")
+    figures = {
+        "Qualitative: image / ground truth / attention / SEC / SEC + CRF": "qualitative.png",
+        "Per-class IoU": "per_class_iou.png",
+        "Confusion matrix (row-normalised)": "confusion.png",
+        "GAIN attention (fixed val images)": "gain/attention.png",
+        "Seeds (train images)": "seeds/grid.png",
+    }
+    report = render(
+        dataset=index.source,
+        method=method,
+        metrics=metrics,
+        gain=gain,
+        seeds=seeds,
+        per_class=table.to_dict("records"),
+        commands=commands,
+        figures=figures,
+    )
+    write_text(out / "report.md", report)
+    return metrics

@@ -1,0 +1,1 @@
+"""Feature trunks shared by the GAIN classifier and the SEC network."""

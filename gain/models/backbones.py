@@ -1,0 +1,111 @@
+"""Feature trunks shared by both methods (small CPU trunk, VGG16, ResNet-50) and backbone weight loading.
+
+Trunks are plain `nn.Sequential`s; the GAIN classifier and the SEC network put their own heads on them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from gain.runtime.errors import StageError
+
+
+class WeightsError(StageError):
+    """A backbone weights file that is missing or does not fit the network."""
+
+
+def _conv_bn(cin: int, cout: int, *, stride: int = 1, dilation: int = 1) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, kernel_size=3, stride=stride, padding=dilation, dilation=dilation, bias=False),
+        nn.BatchNorm2d(cout),
+        nn.ReLU(inplace=True),
+    )
+
+
+class SmallTrunk(nn.Sequential):
+    """A fast CPU backbone: output stride 8, 128 channels (14x14 at 112x112 input)."""
+
+    out_channels = 128
+
+    def __init__(self):
+        super().__init__(
+            _conv_bn(3, 24, stride=2),  # /2
+            _conv_bn(24, 32),
+            nn.MaxPool2d(2),  # /4
+            _conv_bn(32, 64),
+            _conv_bn(64, 64),
+            nn.MaxPool2d(2),  # /8
+            _conv_bn(64, 128),
+            _conv_bn(128, 128, dilation=2),
+        )
+
+
+def _load_weights(module: nn.Module, weights: str) -> None:
+    if weights in ("none", "imagenet"):
+        return
+    path = Path(weights)
+    if not path.is_file():
+        raise WeightsError(f"{path}: backbone weights file not found (params gain.weights)")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if not set(state) & set(module.state_dict()):
+        raise WeightsError(f"{path}: no parameter of the backbone matched the weights file")
+    module.load_state_dict(state, strict=False)
+
+
+def torchvision_model(name: str, imagenet: bool) -> nn.Module:
+    """torchvision's vgg16 / resnet50, with its ImageNet weights when asked (from torch's hub cache, which
+    torchvision fills by downloading); a failed load names the cache folder to fill by hand."""
+    import torchvision
+
+    builders = {
+        "vgg16": (torchvision.models.vgg16, torchvision.models.VGG16_Weights.IMAGENET1K_V1),
+        "resnet50": (torchvision.models.resnet50, torchvision.models.ResNet50_Weights.IMAGENET1K_V2),
+    }
+    build, weights = builders[name]
+    if not imagenet:
+        return build(weights=None)
+    try:
+        return build(weights=weights)
+    except Exception as e:  # no network, a truncated download, a proxy error page ...
+        cache = Path(torch.hub.get_dir()) / "checkpoints"
+        raise WeightsError(
+            f"ImageNet weights for {name} could not be loaded ({type(e).__name__}: {e}); put "
+            f"{Path(weights.url).name} into {cache}, or set the weights param to a state_dict path"
+        ) from e
+
+
+def build_trunk(name: str, weights: str = "none", *, dilated: bool = False) -> tuple[nn.Module, int]:
+    """Feature trunk and its channel count.
+
+    vgg16: conv1_1..relu5_3 (attention on conv5_3, before pool5, as in GAIN); with `dilated`, DeepLab-LargeFOV
+    changes (pool4 stride 1, conv5 dilation 2, 3x3 stride-1 pool5) for output stride 8.
+    resnet50: conv1..layer4. `weights`: none | imagenet (torchvision's cache) | path to a state_dict.
+    """
+    if name == "small":
+        if weights == "imagenet":
+            raise ValueError("weights: the small backbone has no ImageNet weights; use none or a path")
+        trunk, ch = SmallTrunk(), SmallTrunk.out_channels
+    elif name == "vgg16":
+        feats = torchvision_model("vgg16", weights == "imagenet").features
+        layers = list(feats.children())[:30]  # up to relu5_3
+        if dilated:
+            for i in (4, 9, 16):  # pool1-3 as in DeepLab: 3x3, stride 2, pad 1 (321 -> 161 -> 81 -> 41)
+                layers[i] = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
+            layers[23] = nn.MaxPool2d(kernel_size=3, stride=1, padding=1)  # pool4, stride 1
+            for i in (24, 26, 28):  # conv5_x dilation 2
+                layers[i].dilation, layers[i].padding = (2, 2), (2, 2)
+            layers.append(nn.MaxPool2d(kernel_size=3, stride=1, padding=1))  # pool5, stride 1
+        trunk, ch = nn.Sequential(*layers), 512
+    elif name == "resnet50":
+        net = torchvision_model("resnet50", weights == "imagenet")
+        trunk = nn.Sequential(
+            net.conv1, net.bn1, net.relu, net.maxpool, net.layer1, net.layer2, net.layer3, net.layer4
+        )
+        ch = 2048
+    else:
+        raise ValueError(f"backbone: unknown {name!r}; choose small, vgg16 or resnet50")
+    _load_weights(trunk, weights)
+    return trunk, ch

@@ -1,0 +1,1 @@
+"""Shared floor: params, the training loop, checkpoints, tracking, file I/O, paths and errors."""

@@ -1,0 +1,84 @@
+"""Scoring a SEC network: predictions at original resolution, with and without SEC's test-time dense CRF,
+into one confusion matrix per variant (used by training-time validation and by the `evaluate` stage)."""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from gain.data.dataset import VOCDataset
+from gain.evaluation.metrics import ConfusionMatrix
+from gain.runtime.engine import Runtime, eval_loader
+from gain.sec.crf import CRFPool
+
+TEST_CRF_SCALE = 1.0  # SEC's test-time CRF runs on the full image: spatial stds not divided
+
+
+@torch.no_grad()
+def predict(model, dataset: VOCDataset, rt: Runtime, *, batch_size: int = 8):
+    """Yield (item, probs (C, H, W) float32 at the image's original resolution): probabilities upsampled,
+    argmax left to the caller. dataset: a VOCDataset with keep_original=True."""
+    model.eval()
+    for batch in eval_loader(dataset, batch_size):
+        with rt.autocast():
+            logits = model(rt.to_device(batch["image"])).float()
+        for b in range(logits.shape[0]):
+            h, w = batch["orig_mask"][b].shape
+            up = F.interpolate(logits[b : b + 1], size=(h, w), mode="bilinear", align_corners=False)
+            yield {k: v[b] for k, v in batch.items()}, torch.softmax(up[0], dim=0).cpu().numpy()
+
+
+@dataclass
+class SegmentationScores:
+    """Confusion matrices of one evaluation (`crf` None when the CRF was not run) and the first few
+    predictions kept for figures: dicts of item, pred and crf_pred."""
+
+    plain: ConfusionMatrix
+    crf: ConfusionMatrix | None
+    examples: list[dict] = field(default_factory=list)
+
+    def summary(self) -> dict:
+        out = {"miou": self.plain.compute()["miou"], "pixel_accuracy": self.plain.compute()["pixel_accuracy"]}
+        if self.crf is not None:
+            c = self.crf.compute()
+            out |= {"crf_miou": c["miou"], "crf_pixel_accuracy": c["pixel_accuracy"]}
+        return out
+
+
+def evaluate_segmenter(
+    model, dataset: VOCDataset, rt: Runtime, *, crf_pool: CRFPool | None = None, n_examples: int = 0
+) -> SegmentationScores:
+    """Score `model` on `dataset` (keep_original=True) the devkit's way, and with `crf_pool` also after the
+    test-time CRF. Each image's CRF is its own pool job; up to two jobs per worker stay in flight so the
+    workers are busy while the network predicts the next images."""
+    n = dataset.index.num_classes
+    scores = SegmentationScores(ConfusionMatrix(n), ConfusionMatrix(n) if crf_pool is not None else None)
+    pending: deque = deque()
+
+    def finish() -> None:
+        gt, job, example = pending.popleft()
+        crf_pred = job.get()[0].argmax(0).astype(np.uint8)
+        scores.crf.update(gt, crf_pred)
+        if example is not None:
+            example["crf_pred"] = crf_pred
+
+    for item, probs in predict(model, dataset, rt):
+        gt = item["orig_mask"]
+        pred = probs.argmax(0).astype(np.uint8)
+        scores.plain.update(gt, pred)
+        example = None
+        if len(scores.examples) < n_examples:
+            example = {"item": item, "pred": pred, "crf_pred": None}
+            scores.examples.append(example)
+        if crf_pool is not None:
+            job = crf_pool.submit(item["orig_image"][None], probs[None].astype(np.float32), TEST_CRF_SCALE)
+            pending.append((gt, job, example))
+            while len(pending) > 2 * max(crf_pool.processes, 1):
+                finish()
+    while pending:
+        finish()
+    return scores

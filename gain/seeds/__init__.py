@@ -1,0 +1,1 @@
+"""The `seeds` stage: attention -> SEC localization cues, and their quality against masks."""

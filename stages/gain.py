@@ -1,0 +1,48 @@
+"""DVC stage `gain`: GAIN classifier pretraining (S_cl + S_am, optionally S_e = GAIN_ext).
+
+`dvc repro` runs it, or `torchrun --nproc_per_node N -m stages.gain` for DDP. A run killed midway resumes
+from checkpoints/gain/last.pt when that was written for the same params, data and code.
+"""
+
+from gain.cam.evaluate import bias_accuracy
+from gain.cam.train import train_gain
+from gain.data.dataset import DatasetIndex
+from gain.runtime import layout
+from gain.runtime.cli import run_stage
+from gain.runtime.engine import save_model, stage_fingerprint, training_stage, write_training_reports
+from gain.runtime.params import load_params
+
+
+def main() -> None:
+    params = load_params()
+    index = DatasetIndex.load(layout.INDEX)
+    reports = layout.reports("gain")
+    with training_stage("gain", params) as (rt, run):
+        result, model = train_gain(
+            params.gain,
+            index,
+            rt,
+            run,
+            seed=params.seed,
+            knobs=params.runtime,
+            ckpt_dir=layout.CHECKPOINTS / "gain",
+            fingerprint=stage_fingerprint("gain", params, [index.digest]),
+            figure_dir=reports if rt.is_main else None,
+        )
+        if not rt.is_main:
+            return
+        save_model(layout.GAIN_MODEL, result)
+        bias = {}
+        if index.bias_class is not None:
+            bias = bias_accuracy(
+                model.classifier, index, index.bias_class, rt, input_size=params.gain.input_size
+            )
+        metrics = write_training_reports(result, reports, run, extra=bias)
+        run.log_model(model.classifier.cpu(), "model")
+        print(
+            f"gain: val mAP {metrics['map']:.3f}, attention mIoU {metrics['attn_miou']:.3f} (step {result.step})"
+        )
+
+
+if __name__ == "__main__":
+    run_stage(main)

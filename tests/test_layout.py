@@ -1,0 +1,97 @@
+"""The DVC contract is derived from the code: each stage's deps are its import closure plus its inputs, its
+outputs are gain/runtime/layout.py's, no stage needs `persist`, and the library reads like dvc.yaml."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+import yaml
+
+from gain.runtime import layout
+from gain.runtime.params import STAGE_PARAMS
+from tests.imports import REPO, closure, nested_imports
+
+DVC = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+# Data each stage reads besides code: the outputs of earlier stages (and the VOC id list).
+INPUTS = {
+    "data": {layout.VOC_TRAIN_AUG},
+    "gain": {layout.DATASET},
+    "seeds": {layout.DATASET, layout.GAIN_MODEL},
+    "sec": {layout.DATASET, layout.SEEDS, layout.GAIN_MODEL},
+    "evaluate": {
+        layout.DATASET,
+        layout.GAIN_MODEL,
+        layout.SEC_MODEL,
+        layout.reports("gain") / "metrics.json",
+        layout.reports("seeds") / "metrics.json",
+    },
+}
+
+
+def entries(stage: dict, key: str) -> set[Path]:
+    """Paths listed under `key` (deps, outs, metrics, plots), with or without per-path options."""
+    return {Path(next(iter(e)) if isinstance(e, dict) else e) for e in stage.get(key, [])}
+
+
+def test_dvc_yaml_has_one_stage_per_script_with_the_same_name():
+    scripts = {p.stem for p in (REPO / "stages").glob("*.py") if p.stem != "__init__"}
+    assert set(DVC) == scripts == set(STAGE_PARAMS) == set(layout.OUTPUTS)
+    for name, stage in DVC.items():
+        assert stage["cmd"] == f"stages/python -m stages.{name}"
+
+
+@pytest.mark.parametrize("stage", list(STAGE_PARAMS))
+def test_deps_are_the_import_closure_and_the_inputs(stage):
+    code = closure(f"stages.{stage}")
+    listed = entries(DVC[stage], "deps")
+    missing, extra = (code | INPUTS[stage]) - listed, listed - (code | INPUTS[stage])
+    assert not missing, f"dvc.yaml stage {stage!r}: add to deps {sorted(map(str, missing))}"
+    assert not extra, f"dvc.yaml stage {stage!r}: remove from deps {sorted(map(str, extra))}"
+
+
+@pytest.mark.parametrize("stage", list(STAGE_PARAMS))
+def test_outputs_match_the_layout_and_nothing_persists(stage):
+    declared = layout.OUTPUTS[stage]
+    for key in ("outs", "metrics", "plots"):
+        assert entries(DVC[stage], key) == set(declared[key]), (stage, key)
+    for key in ("outs", "metrics", "plots"):
+        for e in DVC[stage].get(key, []):
+            options = next(iter(e.values())) if isinstance(e, dict) else {}
+            assert not options.get("persist"), f"{stage}: persist turns DVC's run-cache off"
+    everything = [p for ps in declared.values() for p in ps]
+    assert not any(p.parts[0] in ("runs", "checkpoints") for p in everything)
+
+
+def test_package_inits_hold_only_a_docstring():
+    """They are left out of the import closure, so they must not hold code."""
+    for init in (REPO / "gain").rglob("__init__.py"):
+        body = ast.parse(init.read_text()).body
+        assert len(body) == 1 and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant), (
+            init
+        )
+
+
+def test_repo_imports_are_at_module_level():
+    """An import inside a function hides a dependency edge from a reader (and once hid it from dvc.yaml)."""
+    found = [
+        f for path in [*REPO.glob("gain/**/*.py"), *REPO.glob("stages/*.py")] for f in nested_imports(path)
+    ]
+    assert not found, found
+
+
+def test_every_module_opens_with_a_docstring():
+    for path in [*REPO.glob("gain/**/*.py"), *REPO.glob("stages/*.py"), *REPO.glob("benchmarks/*.py")]:
+        tree = ast.parse(path.read_text())
+        assert ast.get_docstring(tree), f"{path.relative_to(REPO)} has no module docstring"
+
+
+def test_stage_scripts_are_thin():
+    for path in (REPO / "stages").glob("*.py"):
+        assert len(path.read_text().splitlines()) <= 80, path.name
+
+
+def test_library_has_a_wing_per_stage():
+    wings = {p.name for p in (REPO / "gain").iterdir() if p.is_dir() and (p / "__init__.py").is_file()}
+    assert {"data", "cam", "seeds", "sec", "evaluation", "runtime", "models"} <= wings
