@@ -48,7 +48,7 @@ def test_non_finite_weights_are_refused_and_the_old_file_kept(tmp_path):
     before = path.read_bytes()
     bad = state()
     bad["model"]["weight"][0, 1] = float("nan")
-    with pytest.raises(CheckpointError, match=r"last.pt: not written, weight holds NaN or inf"):
+    with pytest.raises(CheckpointError, match=r"last.pt: not written, model.weight holds NaN or inf"):
         save_checkpoint(path, bad)
     assert path.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]

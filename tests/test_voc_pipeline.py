@@ -70,7 +70,12 @@ def test_readme_voc_command_runs_to_the_report(tmp_path):
     assert re.search(r"^  lr: 1e-05$", params, re.M)  # as DVC wrote it: a YAML 1.1 string, read as a number
     index = json.loads((repo / "data/dataset/index.json").read_text())
     assert index["source"] == "voc" and len(index["classes"]) == 21
-    assert sorted(index["splits"]["weak_train"]) == ["2011_000003", "2011_000006", "2011_000025", "2011_003066"]
+    assert sorted(index["splits"]["weak_train"]) == [
+        "2011_000003",
+        "2011_000006",
+        "2011_000025",
+        "2011_003066",
+    ]
     assert index["splits"]["val"] == ["2007_000129"]
     official = json.loads((REPO / "tests/data/cls_labels_sample.json").read_text())
     for image_id, labels in index["labels"].items():  # from the XML the tarball carries
@@ -85,7 +90,10 @@ def test_readme_voc_command_runs_to_the_report(tmp_path):
     exp = client.get_experiment_by_name("gain-sec")
     (gain_run,) = client.search_runs([exp.experiment_id], filter_string="tags.stage = 'gain'")
     assert float(gain_run.data.params["gain.lr"]) == 1e-5
-    assert gain_run.data.params["gain.weights"] == "imagenet" and gain_run.data.params["gain.backbone"] == "vgg16"
+    assert (
+        gain_run.data.params["gain.weights"] == "imagenet"
+        and gain_run.data.params["gain.backbone"] == "vgg16"
+    )
     assert gain_run.data.tags["dvc_exp_name"] == "voc-gain"
     # The experiment is recorded by DVC under its name.
     shown = dvc(repo, "exp", "show", "--json", env=env).stdout

@@ -41,7 +41,9 @@ def build_devkit(dest: Path) -> Path:
         shutil.copytree(SAMPLE / sub, voc / sub)
     for png in (SAMPLE / "SegmentationClass").glob("*.png"):
         mask = read_label_png(png)
-        write_annotation_xml(voc / "Annotations" / f"{png.stem}.xml", png.stem, mask.shape, objects_from_mask(mask))
+        write_annotation_xml(
+            voc / "Annotations" / f"{png.stem}.xml", png.stem, mask.shape, objects_from_mask(mask)
+        )
     return voc
 
 

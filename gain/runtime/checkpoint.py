@@ -48,7 +48,7 @@ def save_checkpoint(path: str | os.PathLike, state: dict, *, keep_previous: bool
     (a full disk, a copy cut short) still leaves the one before it to resume from.
     """
     path = Path(path)
-    bad = _non_finite(state.get("model", state))
+    bad = _non_finite(state)
     if bad is not None:
         raise CheckpointError(f"{path}: not written, {bad} holds NaN or inf; the previous checkpoint is kept")
     data = to_bytes(state)

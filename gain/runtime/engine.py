@@ -23,7 +23,7 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
-from gain.runtime.checkpoint import load_checkpoint, load_resumable, save_checkpoint
+from gain.runtime.checkpoint import CheckpointError, load_checkpoint, load_resumable, save_checkpoint
 from gain.runtime.errors import StageError
 from gain.runtime.io import atomic_path, write_json
 from gain.runtime.params import STAGE_PARAMS, Params, params_hash, section_dict
@@ -208,6 +208,14 @@ def epoch_loader(
     )
 
 
+def save_or_stop(step: int, path: Path, state: dict, **kw) -> None:
+    """save_checkpoint, turning weights that are no longer finite into the training's NaN stop."""
+    try:
+        save_checkpoint(path, state, **kw)
+    except CheckpointError as e:
+        raise NonFiniteLoss(f"step {step}: the weights are no longer finite; {e}") from e
+
+
 def steps_per_epoch(n_items: int, batch_size: int, world_size: int) -> int:
     n = n_items // world_size
     if n < batch_size:
@@ -291,7 +299,8 @@ def fit(
 
     def checkpoint(step: int) -> None:
         if rt.is_main:
-            save_checkpoint(
+            save_or_stop(
+                step,
                 last_path,
                 {
                     "model": unwrap(model).state_dict(),
@@ -323,7 +332,7 @@ def fit(
         tracker.log_metrics({f"val/{k}": v for k, v in metrics.items()}, step=step)
         if s.select is not None and (chosen is None or metrics[s.select] > chosen[s.select]):
             chosen = {"step": step, **metrics}
-            save_checkpoint(selected_path, {"model": unwrap(model).state_dict(), "step": step})
+            save_or_stop(step, selected_path, {"model": unwrap(model).state_dict(), "step": step})
 
     step = start
     bar = tqdm(total=s.total_steps, initial=start, desc=s.desc, disable=not rt.is_main, dynamic_ncols=True)
