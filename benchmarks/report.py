@@ -38,13 +38,13 @@ def table(header: list[str], rows: list[list]) -> list[str]:
     return lines + ["| " + " | ".join(fmt(c) for c in row) + " |" for row in rows]
 
 
-def busy_note(m: dict) -> list[str]:
+def busy_note(m: dict, trust: str = "paired ratios are the figures to trust") -> list[str]:
     load = max(m["loadavg_start"][0], m["loadavg_end"][0])
     if m["loadavg_start"][0] <= 0.5 * m["cores"] and m["loadavg_end"][0] <= 1.25 * m["cores"]:
         return []  # this run itself adds up to a core or two by its end
     return [
         f"The machine was busy (1-minute load average up to {load:.1f} on {m['cores']} cores, this run "
-        "included): absolute times are inflated by other processes; paired ratios are the figures to trust.",
+        f"included): absolute times are inflated by other processes; {trust}.",
         "",
     ]
 
@@ -131,10 +131,14 @@ def render_paper(res: dict) -> list[str]:
         f"{'' if res['gpu_measured'] else ' (gpu_measured: false: no GPU)'}: VGG16 at {size} x {size}"
         + (f" (quick: scaled to 321 by counted FLOPs, x{st['flops']['classifier_gflops_321'] / st['flops']['classifier_gflops_measured']:.1f})" if size != 321 else "")
         + f", random weights, bf16 autocast {st['amp_bf16']}, channels_last {st['channels_last']}, deterministic "
-        f"{st['deterministic']}, {st['loader_workers']} DataLoader workers, {st['crf_processes']} CRF processes; "
-        f"{st['rounds']} timed round(s) after {st['warmup']} warm-up.",
+        f"{st['deterministic']}, {st['loader_workers']} DataLoader workers, {st['crf_processes']} CRF processes"
+        + (f" (params.yaml's runtime.crf_workers is {st['crf_workers_configured']}: set it to {st['crf_processes']} on this machine)"
+           if st["crf_processes"] != st["crf_workers_configured"] else "")
+        + "; "
+        f"timed rounds: {st['step_rounds']} of each step, {st['rounds']} of each pass over several images, after "
+        f"{st['warmup']} warm-up.",
         "",
-        *busy_note(run["machine"]),
+        *busy_note(run["machine"], "rerun on a quiet machine for figures to quote"),
     ]  # fmt: skip
     scaled = "" if res["gpu_measured"] else f" (measured at batch {st['gain_batch']}, scaled linearly)"
     sec_note = (
