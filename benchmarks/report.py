@@ -188,7 +188,7 @@ def render_paper(res: dict) -> list[str]:
         f"{crf['sec_processes_needed']} processes"
         + (" (more than 15: CRF-bound even with one CRF per process)" if crf["sec_crf_bound_even_at_15"] else "")
         + f"; a full-resolution CRF takes {crf['crf_full_s_per_crf']:.2f} s, so evaluation keeps up with "
-        f"inference with {crf['eval_processes_needed']} processes.",
+        f"inference with {crf['eval_processes_needed']} process(es).",
     ]  # fmt: skip
     if res["gpu_utilisation"]:
         lines += ["", "GPU utilisation while each part ran (sampled every 0.2 s):", ""]

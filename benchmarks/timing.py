@@ -1,5 +1,5 @@
-"""How the benchmarks time things: interleaved rounds and paired ratios, a device sync, a stopwatch that
-splits a step into named parts, peak memory of this process, and GPU utilisation sampling.
+"""How the benchmarks time things: interleaved rounds and paired ratios, a device sync, this process's
+resident memory, and GPU utilisation sampling.
 
 Variants that are compared run side by side: their repetitions alternate (ABC, CBA, ...) and each ratio is
 the median of the per-round ratios, so load from other processes falls on both sides of a ratio alike.
@@ -12,9 +12,7 @@ import statistics
 import subprocess
 import threading
 import time
-from collections import defaultdict
 from collections.abc import Callable
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -62,27 +60,6 @@ def median_ms(times: dict[str, list[float]]) -> dict[str, float]:
 
 def raw_ms(times: dict[str, list[float]]) -> dict[str, list[float]]:
     return {k: [round(1e3 * t, 3) for t in v] for k, v in times.items()}
-
-
-class Split:
-    """Seconds spent in named parts of repeated calls (`with split.part("crf"): ...`), per call."""
-
-    def __init__(self, sync: Callable[[], None]):
-        self.sync = sync
-        self.totals: dict[str, float] = defaultdict(float)
-
-    @contextmanager
-    def part(self, name: str):
-        self.sync()
-        start = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.sync()
-            self.totals[name] += time.perf_counter() - start
-
-    def per_call(self, calls: int) -> dict[str, float]:
-        return {k: v / calls for k, v in self.totals.items()}
 
 
 def status_kib(field: str) -> int:
