@@ -1,8 +1,14 @@
 #!/usr/bin/env bash
-# The benchmarks on CUDA: bf16 autocast and channels_last, as gain.engine.setup_runtime sets them up for
-# `device: cuda`, in under 5 minutes (the pipeline is not timed). Without CUDA: prints "no CUDA", exits 0.
+# The GPU check, in under 5 minutes: VOC at the papers' scale measured on this GPU (`--paper-scale`: GAIN,
+# seeds, SEC with its CRF pool, evaluation, decoding; the projected full run; GPU utilisation per part), then
+# the default benchmarks on CUDA (--quick; the pipeline is not timed), with nvidia-smi sampling utilisation and
+# memory every 0.5 s throughout. bf16 autocast and channels_last as gain.runtime.engine.setup_runtime sets
+# them up for CUDA; DataLoader workers as params.yaml's runtime.workers (-1: sized from the cores).
 #
 #   bash benchmarks/gpu_check.sh [OUT_DIR]     # OUT_DIR defaults to reports/cuda
+#
+# Writes OUT_DIR/benchmarks.json and .md, OUT_DIR/nvidia-smi.csv and OUT_DIR/gpu_check.log.
+# Without CUDA: prints "no CUDA" and exits 0.
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -19,5 +25,38 @@ if ! "$py" -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1
 fi
 
 out_dir="${1:-reports/cuda}"
-"$py" -c 'import torch; print("CUDA:", torch.cuda.get_device_name(0), "| torch", torch.__version__)'
-exec timeout 290 "$py" -m benchmarks.run --device cuda --skip-pipeline --out-dir "$out_dir"
+mkdir -p "$out_dir"
+log="$out_dir/gpu_check.log"
+smi="$out_dir/nvidia-smi.csv"
+"$py" -c 'import os, torch; print("CUDA:", torch.cuda.get_device_name(0), "| torch", torch.__version__, "| cores", len(os.sched_getaffinity(0)))' | tee "$log"
+
+smi_pid=""
+if command -v nvidia-smi >/dev/null 2>&1; then
+    nvidia-smi --query-gpu=timestamp,utilization.gpu,utilization.memory,memory.used,power.draw \
+        --format=csv,nounits -lms 500 >"$smi" 2>/dev/null &
+    smi_pid=$!
+fi
+stop_sampling() {
+    if [[ -n "$smi_pid" ]]; then
+        kill "$smi_pid" 2>/dev/null || true
+        wait "$smi_pid" 2>/dev/null || true
+        smi_pid=""
+    fi
+}
+trap stop_sampling EXIT
+
+status=0
+timeout 200 "$py" -m benchmarks.run --device cuda --paper-scale --out-dir "$out_dir" 2>&1 | tee -a "$log" || status=$?
+timeout 80 "$py" -m benchmarks.run --device cuda --quick --skip-pipeline --out-dir "$out_dir" 2>&1 | tee -a "$log" || status=$?
+stop_sampling
+
+if [[ -s "$smi" && -f "$out_dir/benchmarks.md" ]]; then
+    # Columns: timestamp, utilization.gpu [%], utilization.memory [%], memory.used [MiB], power.draw [W].
+    awk -F', *' 'NR > 1 && $2 ~ /^[0-9.]+$/ { n++; s += $2; if ($2 > m) m = $2; if ($4 > mem) mem = $4 }
+        END { if (n) printf "\n## GPU utilisation over the whole check (nvidia-smi, 0.5 s samples)\n\nmean %.0f %%, max %.0f %%, most memory used %.0f MiB, %d samples (nvidia-smi.csv).\n", s / n, m, mem, n }' \
+        "$smi" | tee -a "$log" >>"$out_dir/benchmarks.md"
+fi
+if [[ "$status" != 0 ]]; then
+    echo "gpu_check: a benchmark run failed or timed out (exit $status); see $log" >&2
+fi
+exit "$status"

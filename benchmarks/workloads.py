@@ -1,45 +1,54 @@
-"""The work that benchmarks/run.py times: synthetic batches, training steps and seed passes.
+"""What the benchmarks run: the library's own training steps and passes on synthetic or real VOC batches,
+plus the one thing the library does not have, the public GAIN code's pass structure.
 
-Training steps (each one is forward, losses, backward and the optimizer step of gain/engine.py's `fit`):
-  plain   the classifier alone, L_cl.
-  gain    GAIN.forward + gain_loss, exactly as gain/pretrain.py's step_fn.
-  public  the same objective with the pass structure of public GAIN code: per class, a full backward
-          through the whole network (`score.backward(retain_graph=True)`) with a tensor hook on the trunk's
-          features to read d s^c / d F, the polluted parameter gradients zeroed, Grad-CAM from those
-          (detached) weights, then the masked forward and the real backward. It loops over class ranks
-          (the first, second, ... label of every image at once), the same number of score passes as
-          gain.cam.attention.grad_cam, so the comparison isolates what each pass runs through.
+Training steps (forward and losses under autocast, then zero_grad, backward and the optimizer step, as
+gain.runtime.engine.fit does):
+  plain          gain_step_losses(mine=False): the classification stream alone, L_cl (the warm-up step).
+  gain           gain_step_losses with params' grad_weights.
+  gain_detached  the same with grad_weights = "detached".
+  public         the same objective with public GAIN code's pass structure: per class rank a full backward
+                 through the network (`score.backward(retain_graph=True)`) with a hook on the trunk's features
+                 to read d s^c / d F, the polluted parameter gradients zeroed, Grad-CAM from those (detached)
+                 weights, then the masked forward and the real backward. It loops over class ranks as
+                 gain.cam.attention.grad_cam does, so the comparison isolates what each pass runs through.
 """
 
 from __future__ import annotations
 
-import copy
+import dataclasses
+import os
+import shutil
+import subprocess
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 from torch.nn import functional as F
 
 from gain.cam.attention import EPS, attention_maps, label_pairs, soft_mask
-from gain.cam.losses import classification_loss, gain_loss
-from gain.cam.model import GAIN, Classifier
+from gain.cam.losses import gain_loss
+from gain.cam.model import GAIN, build_gain
+from gain.cam.train import gain_step_losses
+from gain.data.dataset import DatasetIndex, build_index
 from gain.data.synthetic import TEXTURES, SyntheticConfig, render_image
 from gain.data.transforms import to_tensor
-from gain.runtime.engine import Runtime, collate
+from gain.runtime.engine import Runtime, collate, sgd
 from gain.runtime.params import GainParams, SecParams
 from gain.sec.model import LargeFOV
 from gain.sec.train import sec_step_losses
+from gain.seeds.extract import image_attention
 
-LossFn = Callable[[], torch.Tensor]
+REPO = Path(__file__).resolve().parents[1]
+VOC_SAMPLE = REPO / "tests" / "data" / "VOCdevkit" / "VOC2012"  # five real VOC 2012 images with masks
+VARIANTS = ("plain", "gain", "gain_detached", "public")
 
 
 def synthetic_items(n: int, *, size: int, num_fg: int, seed: int = 0) -> list[dict]:
-    """n rendered images with 1..3 distinct classes each (mean ~2 labels over `num_fg` classes).
-
-    Items look like VOCDataset's with keep_original=True: image (3, H, W) normalised, label (num_fg,)
-    float, mask (H, W) long (0 background, 1..num_fg, 255 void), orig_mask (H, W) uint8, id.
-    """
+    """n rendered images with 1..3 distinct classes each (mean ~2 labels over `num_fg` classes), as
+    VOCDataset(keep_original=True) yields them: image, label, mask, has_mask, orig_mask, id."""
     cfg = SyntheticConfig(num_classes=num_fg, image_size=size, seed=seed)
     rng = np.random.default_rng(seed)
     items = []
@@ -53,6 +62,7 @@ def synthetic_items(n: int, *, size: int, num_fg: int, seed: int = 0) -> list[di
                 "image": to_tensor(r.image),
                 "label": torch.from_numpy(label),
                 "mask": torch.from_numpy(r.mask.astype(np.int64)),
+                "has_mask": True,
                 "orig_mask": r.mask,
                 "id": f"bench_{i:03d}",
             }
@@ -60,96 +70,67 @@ def synthetic_items(n: int, *, size: int, num_fg: int, seed: int = 0) -> list[di
     return items
 
 
+def voc_index(root: Path = VOC_SAMPLE, *, repeat: int = 1) -> DatasetIndex:
+    """The index of a VOC-layout folder's images (labels from their masks), every role listing them all,
+    `repeat` times over (to fill batches from a few images)."""
+    ids = sorted(p.stem for p in (root / "JPEGImages").glob("*.jpg"))
+    index = build_index(root, "voc", {"weak_train": ids, "seed_eval": ids, "val": ids})
+    return index.with_meta(splits={k: v * repeat for k, v in index.splits.items()})
+
+
 def mean_labels(labels: torch.Tensor) -> float:
     return float(labels.sum(dim=1).float().mean())
 
 
-# ------------------------------------------------------------------------------------------- GAIN steps
+# ------------------------------------------------------------------------------------------- steps
 @dataclass
 class Trainee:
-    """One step variant's own model copy and optimizer (gain/pretrain.py's SGD with the 10x head group)."""
+    """A model with its optimizer (SGD over the model's own parameter groups, as the stages build it)."""
 
     model: torch.nn.Module
     optimizer: torch.optim.Optimizer
 
 
-def trainee(model: torch.nn.Module, classifier: Classifier, p: GainParams) -> Trainee:
-    optimizer = torch.optim.SGD(classifier.param_groups(p.weight_decay), lr=p.lr, momentum=p.momentum)
-    return Trainee(model, optimizer)
+def update(t: Trainee, loss: torch.Tensor) -> None:
+    """fit's update."""
+    t.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    t.optimizer.step()
 
 
-VARIANTS = ("plain", "gain", "gain_detached", "public")
+def gain_trainee(p: GainParams, num_fg: int, rt: Runtime, *, seed: int) -> Trainee:
+    """build_gain(p) from `seed` (so trainees built from one seed start from the same weights)."""
+    torch.manual_seed(seed)
+    model = build_gain(p, num_fg).to(rt.device).train()
+    if rt.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return Trainee(model, sgd(model.classifier.param_groups(p.weight_decay), lr=p.lr, momentum=p.momentum))
 
 
-def build_trainees(
-    classifier: Classifier, p: GainParams, rt: Runtime, *, names: tuple[str, ...] = VARIANTS
-) -> dict[str, Trainee]:
-    """plain, gain (params' grad_weights), gain_detached and public, each from a copy of `classifier`."""
-
-    def copy_of() -> Classifier:
-        clf = copy.deepcopy(classifier).to(rt.device).train()
-        return clf.to(memory_format=torch.channels_last) if rt.channels_last else clf
-
-    def gain_of(differentiable: bool) -> GAIN:
-        return GAIN(
-            copy_of(),
-            sigma=p.sigma,
-            omega=p.omega,
-            differentiable=differentiable,
-            masked_bn=p.masked_bn,
-            erase=p.erase,
-            am_grad=p.am_grad,
-        )
-
-    out = {}
-    if "plain" in names:
-        plain = copy_of()
-        out["plain"] = trainee(plain, plain, p)
-    for name, differentiable in (
-        ("gain", p.grad_weights == "differentiable"),
-        ("gain_detached", False),
-        ("public", False),
-    ):
-        if name in names:
-            g = gain_of(differentiable)
-            out[name] = trainee(g, g.classifier, p)
-    return out
+def build_trainees(p: GainParams, num_fg: int, rt: Runtime, *, seed: int, names=VARIANTS) -> dict:
+    detached = dataclasses.replace(p, grad_weights="detached")
+    config = {"plain": p, "gain": p, "gain_detached": detached, "public": detached}
+    return {name: gain_trainee(config[name], num_fg, rt, seed=seed) for name in names}
 
 
-def plain_loss(model: Classifier, x: torch.Tensor, y: torch.Tensor, rt: Runtime) -> torch.Tensor:
-    with rt.autocast():
-        return classification_loss(model(x), y)
-
-
-def gain_total(model: GAIN, x: torch.Tensor, y: torch.Tensor, rt: Runtime, *, alpha: float) -> torch.Tensor:
-    """gain/pretrain.py step_fn (after warm-up: alpha = params' alpha), inside fit's autocast."""
-    with rt.autocast():
-        out = model(x, y)
-        return gain_loss(out, y, alpha=alpha)["total"]
-
-
-def public_total(model: GAIN, x: torch.Tensor, y: torch.Tensor, rt: Runtime, *, alpha: float) -> torch.Tensor:
-    """GAIN's loss with public implementations' pass structure (see the module docstring).
-
-    Same semantics as GAIN(differentiable=False): detached Grad-CAM weights, A still a function of F.
-    Only the default masked_bn="batch", erase="mean", am_grad="all" are implemented.
-    """
+def public_total(model: GAIN, batch: dict, rt: Runtime, *, alpha: float) -> torch.Tensor:
+    """GAIN's loss with public implementations' pass structure (see the module docstring); the semantics of
+    GAIN(differentiable=False) with the default masked_bn="batch", erase="mean", am_grad="all"."""
     if (model.masked_bn, model.erase, model.am_grad) != ("batch", "mean", "all"):
         raise ValueError("public_total implements masked_bn=batch, erase=mean, am_grad=all only")
     clf = model.classifier
+    x, y = rt.to_device(batch["image"]), batch["label"].to(rt.device)
     with rt.autocast():
         feats = clf.features(x)  # (B, K, h, w)
         logits = clf.head(feats)  # (B, C-1)
     pair_image, pair_class = label_pairs(y)
-    first = torch.searchsorted(pair_image, pair_image)
-    rank = torch.arange(pair_image.numel(), device=x.device) - first  # class rank within its image
+    rank = torch.arange(pair_image.numel(), device=x.device) - torch.searchsorted(pair_image, pair_image)
     captured: list[torch.Tensor] = []
     handle = feats.register_hook(captured.append)  # d score / d F, seen on the way through
     weights = torch.zeros(pair_image.numel(), feats.shape[1], device=x.device, dtype=feats.dtype)  # (P, K)
     for r in range(int(rank.max()) + 1 if rank.numel() else 0):
         sel = (rank == r).nonzero(as_tuple=True)[0]
-        score = logits[pair_image[sel], pair_class[sel]].sum()
-        score.backward(retain_graph=True)  # runs on through the trunk: every parameter gets a .grad
+        logits[pair_image[sel], pair_class[sel]].sum().backward(retain_graph=True)  # through the whole trunk
         weights[sel] = captured.pop()[pair_image[sel]].mean(dim=(2, 3)).to(weights.dtype)
     handle.remove()
     clf.zero_grad(set_to_none=True)  # those .grad were only a by-product
@@ -160,56 +141,46 @@ def public_total(model: GAIN, x: torch.Tensor, y: torch.Tensor, rt: Runtime, *, 
         attn = (cam - lo) / (hi - lo + EPS)
         out = {"logits": logits, "attn": attn, "pair_image": pair_image, "pair_class": pair_class}
         if pair_image.numel():
-            t = soft_mask(attn, x.shape[-2:], sigma=model.sigma, omega=model.omega)
             src = x[pair_image]
-            out["masked_logits"] = clf(src - t * src)  # Eq. 3, erase="mean"
+            out["masked_logits"] = clf(
+                src - soft_mask(attn, x.shape[-2:], sigma=model.sigma, omega=model.omega) * src
+            )
         return gain_loss(out, y, alpha=alpha)["total"]
 
 
-def loss_fns(
-    trainees: dict[str, Trainee], x: torch.Tensor, y: torch.Tensor, rt: Runtime, alpha: float
-) -> dict[str, LossFn]:
-    fns = {}
-    if "plain" in trainees:
-        fns["plain"] = lambda: plain_loss(trainees["plain"].model, x, y, rt)
-    for name in ("gain", "gain_detached"):
-        if name in trainees:
-            fns[name] = lambda m=trainees[name].model: gain_total(m, x, y, rt, alpha=alpha)
+def loss_fns(trainees: dict[str, Trainee], batch: dict, p: GainParams, rt: Runtime) -> dict[str, Callable]:
+    """Each variant's total loss on `batch` (autocast inside, as fit's)."""
+
+    def library(t: Trainee, mine: bool) -> torch.Tensor:
+        with rt.autocast():
+            return gain_step_losses(t.model, batch, p, rt, mine=mine)["total"]
+
+    fns = {
+        name: (lambda t=t, mine=name != "plain": library(t, mine))
+        for name, t in trainees.items()
+        if name != "public"
+    }
     if "public" in trainees:
-        fns["public"] = lambda: public_total(trainees["public"].model, x, y, rt, alpha=alpha)
+        fns["public"] = lambda: public_total(trainees["public"].model, batch, rt, alpha=p.alpha)
     return fns
 
 
-def update(t: Trainee, loss: torch.Tensor) -> None:
-    """gain/engine.py fit's update."""
-    t.optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    t.optimizer.step()
-
-
-def step_fns(
-    trainees: dict[str, Trainee], x: torch.Tensor, y: torch.Tensor, rt: Runtime, alpha: float
-) -> dict[str, Callable[[], None]]:
+def step_fns(trainees: dict[str, Trainee], batch: dict, p: GainParams, rt: Runtime) -> dict[str, Callable]:
     """One full training step per variant: loss, backward, optimizer step."""
     return {
         name: (lambda t=trainees[name], f=fn: update(t, f()))
-        for name, fn in loss_fns(trainees, x, y, rt, alpha).items()
+        for name, fn in loss_fns(trainees, batch, p, rt).items()
     }
 
 
-def public_vs_ours(
-    classifier: Classifier, p: GainParams, x: torch.Tensor, y: torch.Tensor, rt: Runtime
-) -> dict:
+def public_vs_ours(p: GainParams, num_fg: int, batch: dict, rt: Runtime, *, seed: int) -> dict:
     """One step's loss and parameter gradients of `public` and `gain_detached` from the same weights."""
-    trainees = build_trainees(classifier, p, rt, names=("gain_detached", "public"))
-    fns = loss_fns(trainees, x, y, rt, p.alpha)
+    trainees = build_trainees(p, num_fg, rt, seed=seed, names=("gain_detached", "public"))
     res = {}
-    for name in ("gain_detached", "public"):
-        t = trainees[name]
-        t.optimizer.zero_grad(set_to_none=True)
-        loss = fns[name]()
+    for name, fn in loss_fns(trainees, batch, p, rt).items():
+        loss = fn()
         loss.backward()
-        res[name] = (loss.detach().float(), [q.grad.float() for q in t.model.parameters()])
+        res[name] = (loss.detach().float(), [q.grad.float() for q in trainees[name].model.parameters()])
     (la, ga), (lb, gb) = res["gain_detached"], res["public"]
     scale = max(float(g.abs().max()) for g in ga)
     return {
@@ -218,31 +189,39 @@ def public_vs_ours(
     }
 
 
-# ------------------------------------------------------------------------------------------- seed passes
-def seeds_batched(
-    classifier: Classifier, items: list[dict], rt: Runtime, *, batch_size: int, flip: bool
-) -> list[tuple[np.ndarray, np.ndarray]]:
-    """gain.seeds.image_attention: every class of a batch in one attention_maps call."""
-    from gain.seeds.extract import image_attention
+def sec_trainee(p: SecParams, num_classes: int, rt: Runtime) -> Trainee:
+    model = LargeFOV(p.backbone, num_classes).to(rt.device).train()
+    if rt.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return Trainee(model, sgd(model.param_groups(p.weight_decay), lr=p.lr, momentum=p.momentum))
 
+
+def sec_step(t: Trainee, pool, batch: dict, p: SecParams, rt: Runtime) -> None:
+    """train_sec's step (CRF Q from `pool`), then fit's update."""
+    with rt.autocast():
+        losses = sec_step_losses(t.model, batch, pool, p, rt)
+    update(t, losses["total"])
+
+
+# ------------------------------------------------------------------------------------------- seed passes
+def seeds_batched(classifier, items: list[dict], rt: Runtime, *, batch_size: int, flip: bool) -> list:
+    """gain.seeds.extract.image_attention: every class of a batch in one attention_maps call."""
     return [(a, c) for _, a, c in image_attention(classifier, items, rt, batch_size=batch_size, flip=flip)]
 
 
-def seeds_per_class(
-    classifier: Classifier, items: list[dict], rt: Runtime, *, batch_size: int, flip: bool
-) -> list[tuple[np.ndarray, np.ndarray]]:
-    """The same output as `seeds_batched`, one attention_maps call per class of each batch, each on the
+def seeds_per_class(classifier, items: list[dict], rt: Runtime, *, batch_size: int, flip: bool) -> list:
+    """The baseline: the same maps from one attention_maps call per class of each batch, each on the
     images that hold that class with single-class labels."""
     out = []
     for start in range(0, len(items), batch_size):
         batch = collate(items[start : start + batch_size])
-        x, labels = batch["image"].to(rt.device), batch["label"].to(rt.device)
+        x, labels = rt.to_device(batch["image"]), batch["label"].to(rt.device)
         maps: dict[tuple[int, int], torch.Tensor] = {}  # (image, class) -> (H, W)
         for c in labels.any(dim=0).nonzero(as_tuple=True)[0].tolist():
             rows = labels[:, c].nonzero(as_tuple=True)[0]
             single = torch.zeros_like(labels[rows])
             single[:, c] = 1.0
-            with rt.autocast():
+            with torch.no_grad(), rt.autocast():
                 attn, pair_image, _ = attention_maps(classifier, x[rows], single, flip=flip)
             for a, i in zip(attn.float(), pair_image.tolist(), strict=True):
                 maps[(int(rows[i]), c)] = a
@@ -258,17 +237,37 @@ def seeds_per_class(
     return out
 
 
-# ------------------------------------------------------------------------------------------- SEC step
-def sec_trainee(num_classes: int, p: SecParams, rt: Runtime) -> Trainee:
-    model = LargeFOV(p.backbone, num_classes).to(rt.device).train()
-    if rt.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.SGD(model.param_groups(p.weight_decay), lr=p.lr, momentum=p.momentum)
-    return Trainee(model, optimizer)
-
-
-def sec_step(t: Trainee, pool, batch: dict, p: SecParams, rt: Runtime) -> None:
-    """gain/segment.py train_sec's step (CRF Q from `pool`), then fit's update."""
-    with rt.autocast():
-        losses = sec_step_losses(t.model, batch, pool, p, rt)
-    update(t, losses["total"])
+# ------------------------------------------------------------------------------------------- pipeline
+def pipeline_copy(dest: Path) -> tuple[Path, dict]:
+    """A fresh git copy of the project's files (no outputs, no store) with params.yaml as it is, and the
+    environment `dvc repro` runs in there. -> (repo, env)."""
+    listed = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.splitlines()
+    for f in listed:
+        if (REPO / f).is_file() and not f.startswith(("reports/", "dvc.lock")):
+            (dest / f).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / f, dest / f)
+    (dest / ".venv").symlink_to(Path(sys.executable).parents[1], target_is_directory=True)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_", "GAIN_"))}
+    env |= {"DVC_NO_ANALYTICS": "1", "DVC_SITE_CACHE_DIR": str(dest / ".dvc_site_cache")}
+    env |= {
+        "OMP_NUM_THREADS": str(os.cpu_count() or 1)
+    }  # the stages use every core, whatever this shell says
+    env |= {
+        "PYTHONUNBUFFERED": "1",
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
+    }
+    env |= {
+        f"GIT_{who}_{what}": v
+        for who in ("AUTHOR", "COMMITTER")
+        for what, v in (("NAME", "bench"), ("EMAIL", "bench@example.com"))
+    }
+    subprocess.run(["git", "init", "-q", "-b", "main"], cwd=dest, check=True, env=env)
+    subprocess.run(["git", "add", "-A"], cwd=dest, check=True, env=env)
+    subprocess.run(["git", "commit", "-qm", "benchmark copy"], cwd=dest, check=True, env=env)
+    return dest, env

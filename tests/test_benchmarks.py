@@ -1,5 +1,7 @@
-"""benchmarks/run.py end to end in --quick mode (every figure present, finite and positive; no timing target is
-asserted: targets live in the script's own report), and benchmarks/gpu_check.sh on a machine without CUDA."""
+"""benchmarks/run.py end to end on the CPU: the default --quick mode and the --paper-scale --quick projection
+into one output folder (every figure present, finite and positive; each mode keeps the other's figures; no
+timing target is asserted: targets live in the script's own report), benchmarks/gpu_check.sh on a machine
+without CUDA, and the DataLoader sizing the paper-scale run relies on."""
 
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.e2e
+from gain.runtime.engine import AUTO_WORKERS, MAX_AUTO_WORKERS, loader_workers
 
 REPO = Path(__file__).resolve().parents[1]
 FIGURES = [
@@ -28,33 +30,31 @@ FIGURES = [
     "eval_mpix_per_s",
 ]
 PIPELINE = ["pipeline_wall_s", "noop_repro_s"]
+STAGES = {"gain_batch_1", "gain_batch_16", "seeds", "sec", "evaluate"}
 
 
 def positive(x) -> bool:
     return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x) and x > 0
 
 
-@pytest.fixture(scope="module")
-def quick_run(tmp_path_factory) -> tuple[dict, str]:
-    out = tmp_path_factory.mktemp("benchmarks")
-    cmd = [
-        sys.executable,
-        "-m",
-        "benchmarks.run",
-        "--quick",
-        "--skip-pipeline",
-        "--threads",
-        "1",
-        "--out-dir",
-        str(out),
-    ]
+def run(out: Path, *args: str) -> None:
+    cmd = [sys.executable, "-m", "benchmarks.run", "--quick", "--threads", "1", "--out-dir", str(out), *args]
     res = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-4000:]
+
+
+@pytest.fixture(scope="module")
+def quick_runs(tmp_path_factory) -> tuple[dict, str]:
+    """The default quick run, then the quick paper-scale run into the same folder."""
+    out = tmp_path_factory.mktemp("benchmarks")
+    run(out, "--skip-pipeline")
+    run(out, "--paper-scale", "--device", "cpu")
     return json.loads((out / "benchmarks.json").read_text()), (out / "benchmarks.md").read_text()
 
 
-def test_quick_run_reports_every_figure(quick_run):
-    res, md = quick_run
+@pytest.mark.e2e
+def test_quick_run_reports_every_figure(quick_runs):
+    res, md = quick_runs
     for key in FIGURES:
         assert positive(res[key]), (key, res[key])
         assert f"`{key}`" in md
@@ -72,8 +72,9 @@ def test_quick_run_reports_every_figure(quick_run):
     assert set(res["targets"]) == {"gain_step_over_floor", "speedup_vs_public_pass_structure", *PIPELINE}
 
 
-def test_compared_variants_compute_the_same_thing(quick_run):
-    res, _ = quick_run
+@pytest.mark.e2e
+def test_compared_variants_compute_the_same_thing(quick_runs):
+    res, _ = quick_runs
     # The public pass structure and GAIN(differentiable=False) give the same loss and gradients (fp32, CPU) ...
     assert res["public_equivalence"]["loss_abs_diff"] < 1e-5
     assert res["public_equivalence"]["grad_max_abs_diff_rel"] < 1e-4
@@ -82,6 +83,41 @@ def test_compared_variants_compute_the_same_thing(quick_run):
     assert res["seed_equivalence"]["max_abs_diff"] < 1e-4
 
 
+@pytest.mark.e2e
+def test_paper_scale_projects_every_stage(quick_runs):
+    res, md = quick_runs
+    assert res["gpu_measured"] is False and res["gpu_name"] is None and res["gpu_utilisation"] is None
+    assert set(res["voc_paper_scale_hours"]) == {"gain_batch_1", "gain_batch_16"}
+    assert all(positive(v) for v in res["voc_paper_scale_hours"].values())
+    assert set(res["voc_stage_hours"]) == STAGES and all(positive(v) for v in res["voc_stage_hours"].values())
+    for step, split in res["voc_step_split_s"].items():
+        assert all(positive(split[k]) for k in ("data", "forward_backward", "step")), (step, split)
+        assert split["crf"] >= 0 and isinstance(split["data_hidden"], bool)
+    assert positive(res["voc_step_split_s"]["sec_batch_15"]["crf"])
+    crf = res["crf_sizing"]
+    for key in (
+        "crf41_per_s_per_process",
+        "crf_full_s_per_crf",
+        "sec_processes_needed",
+        "eval_processes_needed",
+    ):
+        assert positive(crf[key]), (key, crf[key])
+    assert all(positive(v) for v in res["gpu_estimate"]["stage_hours"].values())
+    assert positive(res["gpu_estimate"]["total_hours"])
+    assert set(res["voc_multi_gpu_hours"]) == {"1", "2", "4", "8"}
+    assert all(positive(v) for v in res["voc_multi_gpu_hours"].values())
+    m = res["paper_scale_measured"]
+    for key in ("gain_step_s", "seeds_s_per_image", "sec_step_s", "sec_crf_s", "crf41_per_s", "eval_s"):
+        assert m[key] and all(positive(v) for v in m[key].values()), (key, m[key])
+    assert all(positive(v) for v in m["decode_images_per_s"].values())
+    assert math.isfinite(m["eval_crf_overlap"])
+    assert m["gain_labels_per_image"]["batch2"] == 1.5  # VOC's label statistics in the batched step
+    # One file holds both modes; the Markdown shows both.
+    assert "## VOC 2012 at the papers' scale" in md and "## At params.yaml's settings" in md
+    assert "**Estimate, not a measurement**" in md
+
+
+@pytest.mark.e2e
 def test_gpu_check_without_cuda_says_so(tmp_path):
     import torch
 
@@ -96,3 +132,18 @@ def test_gpu_check_without_cuda_says_so(tmp_path):
     )
     assert res.returncode == 0, res.stderr
     assert "no CUDA" in res.stdout
+
+
+def test_auto_loader_workers_come_from_the_cores_on_cuda_only(monkeypatch):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(12)))
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    assert loader_workers(3, cuda=True) == 3 and loader_workers(0, cuda=True) == 0  # asked for: as asked
+    assert loader_workers(AUTO_WORKERS, cuda=False) == 0  # the CPU's cores compute
+    assert loader_workers(AUTO_WORKERS, cuda=True) == 11  # one core for the training process
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
+    assert loader_workers(AUTO_WORKERS, cuda=True) == 2  # 12 cores shared by 4 ranks
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "12")
+    assert loader_workers(AUTO_WORKERS, cuda=True) == 1
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(128)))
+    monkeypatch.delenv("LOCAL_WORLD_SIZE")
+    assert loader_workers(AUTO_WORKERS, cuda=True) == MAX_AUTO_WORKERS

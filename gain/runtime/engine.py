@@ -153,9 +153,37 @@ def collate(batch: list[dict]) -> dict:
     return out
 
 
-def eval_loader(dataset, batch_size: int, *, workers: int = 0) -> DataLoader:
-    """In-order batches for inference (evaluation, seed extraction, prediction)."""
-    return DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate, num_workers=workers)
+AUTO_WORKERS = -1  # runtime.workers: size the DataLoader from the cores (see loader_workers)
+MAX_AUTO_WORKERS = 16
+
+
+def loader_workers(requested: int, cuda: bool) -> int:
+    """DataLoader worker processes: `requested` if >= 0; for AUTO_WORKERS, none on the CPU (the model's own
+    threads use every core there) and, on CUDA, the cores this process may use, shared among the ranks of
+    this machine, less one for the process itself (at most MAX_AUTO_WORKERS). Workers that keep their queue
+    full sleep, so the SEC stage's CRF processes can share those cores."""
+    if requested >= 0:
+        return requested
+    if not cuda:
+        return 0
+    ranks = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, min(MAX_AUTO_WORKERS, cores // ranks - 1))
+
+
+def eval_loader(dataset, batch_size: int, *, workers: int = AUTO_WORKERS) -> DataLoader:
+    """In-order batches for inference (evaluation, seed extraction, prediction). The default sizes the
+    workers from the cores once this process computes on CUDA (decoding would otherwise starve the GPU),
+    with pinned memory; a CPU process loads in-line, as before."""
+    cuda = torch.cuda.is_available() and torch.cuda.is_initialized()
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=False,
+        collate_fn=collate,
+        num_workers=loader_workers(workers, cuda),
+        pin_memory=cuda,
+    )
 
 
 def sgd(param_groups: list[dict], *, lr: float, momentum: float) -> torch.optim.Optimizer:
@@ -201,7 +229,7 @@ def epoch_loader(
         batch_size=batch_size,
         sampler=indices,
         drop_last=True,
-        num_workers=workers,
+        num_workers=loader_workers(workers, rt.device.type == "cuda"),
         collate_fn=collate,
         pin_memory=rt.device.type == "cuda",
         persistent_workers=False,
