@@ -56,6 +56,7 @@ class DataParams:
     voc_urls: tuple[str, ...]
     voc_md5: str
     voc_pixel_labelled: int = _range(0, 1464)
+    voc_labels: Literal["all", "nondifficult"] = _range()
     synthetic: SyntheticParams = _range()
 
 
