@@ -85,6 +85,9 @@ class GainParams:
 @dataclass(frozen=True)
 class SeedsParams:
     fg_fraction: float = _range(0.0, 1.0)
+    background: Literal["saliency", "attention"] = _range()
+    saliency_at: Literal["image", "stride8"] = _range()
+    bg_fraction: float = _range(0.0, 1.0)
     bg_threshold: float = _range(0.0, 1.0)
     conflict: Literal["max", "ignore"] = _range()
     flip: bool = _range()
