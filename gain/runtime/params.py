@@ -97,6 +97,8 @@ class SeedsParams:
 class SecParams:
     backbone: Literal["small", "vgg16"]
     init: Literal["gain", "imagenet", "none"]
+    augment: Literal["none", "scale_crop_flip"]
+    losses: tuple[Literal["seed", "expand", "constrain"], ...]
     input_size: int = _range(32, 1024)
     batch_size: int = _range(1)
     iterations: int = _range(1)
@@ -109,6 +111,8 @@ class SecParams:
     min_prob: float = _range(0.0, 0.1)
     crf_scale: float = _range(0.01)
     eval_every: int = _range(1)
+    select: Literal["last", "heldout"] = _range()
+    heldout_fraction: float = _range(0.0, 0.5)
 
 
 @dataclass(frozen=True)
@@ -204,6 +208,15 @@ def _convert(value, tp, key: str, meta) -> object:
     if origin is tuple:
         if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
             raise ParamsError(f"{key}: expected a list of strings, got {value!r}")
+        item = typing.get_args(tp)[0]
+        if typing.get_origin(item) is Literal:  # a list of choices: non-empty, each allowed, no repeats
+            allowed = typing.get_args(item)
+            bad = [v for v in value if v not in allowed]
+            if not value or bad or len(set(value)) != len(value):
+                raise ParamsError(
+                    f"{key}: {list(value)!r} is not allowed; choose a non-empty list of distinct values "
+                    f"from {', '.join(allowed)}"
+                )
         return tuple(value)
     if tp is bool:
         if not isinstance(value, bool):
@@ -260,6 +273,11 @@ def parse_params(raw: dict, source: str = "params.yaml") -> Params:
         raise ParamsError(
             f"{source}: data.synthetic.bias_class: {syn.bias_class} is out of range; "
             f"allowed [1, data.synthetic.num_classes={syn.num_classes}]"
+        )
+    if params.sec.select == "heldout" and params.sec.heldout_fraction <= 0:
+        raise ParamsError(
+            f"{source}: sec.heldout_fraction: must be > 0 when sec.select is heldout, got "
+            f"{params.sec.heldout_fraction}"
         )
     if syn.pixel_labelled > syn.n_train:
         raise ParamsError(
