@@ -88,6 +88,15 @@ def test_image_saliency_hand_computed():
     np.testing.assert_allclose(got[0].numpy(), ndimage.median_filter(raw, size=3), rtol=1e-5)
 
 
+def test_image_saliency_is_on_secs_41x41_grid_at_321_px():
+    # SEC's cells: 41 x 41 at 321 px, whatever the classifier's own stride (here 32: a 10x10 output).
+    head = nn.Linear(2, 3)
+    clf = SimpleNamespace(
+        trunk=nn.Sequential(nn.Conv2d(3, 2, 3, stride=32, padding=1)), head=lambda f: head(f.mean((2, 3)))
+    )
+    assert class_agnostic_saliency(clf, torch.randn(1, 3, 321, 321), at="image").shape == (1, 41, 41)
+
+
 def test_saliency_is_per_image_in_a_batch_and_class_agnostic():
     toy = Toy().eval()
     a = toy_image(np.array([[1, -1], [0, 1]], dtype=np.float32))

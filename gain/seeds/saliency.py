@@ -7,8 +7,9 @@ convolution on the stride-8 grid, 41x41 at 321 px input - takes max_k |d score /
 smooths that with a 3x3 median filter and labels background where the saliency is below
 thr = sorted(saliency)[int(0.1 * 41**2)]. No external network is involved. Here the same rule runs on the
 GAIN classifier, with the gradient taken at one of two places (`at`):
-  - "image": |d score / d image|, max over the colour channels, averaged over each cell of the classifier's
-    output grid (Simonyan et al.'s saliency, the form SEC's paper describes);
+  - "image": |d score / d image|, max over the colour channels, averaged over each cell of the stride-8 grid
+    ((H - 1) // 8 + 1 cells a side: 41 at 321 px as in SEC, 14 at 112 px), whatever the classifier's own
+    output stride (Simonyan et al.'s saliency, the form SEC's paper describes);
   - "stride8": the pre-activation of the first convolution of the trunk that runs at stride 8, max over its
     channels (VGG16: conv4_1, exactly the release's layer; the small trunk: its first stride-8 conv + BN).
 """
@@ -42,7 +43,9 @@ def split_trunk(trunk: nn.Module, stride: int = SALIENCY_STRIDE) -> tuple[nn.Seq
     leaves = _leaves(trunk)
     reached = 1
     for i, leaf in enumerate(leaves):
-        if reached == stride and (isinstance(leaf, nn.Conv2d) or _stride(leaf) == 1 and any(leaf.parameters())):
+        if reached == stride and (
+            isinstance(leaf, nn.Conv2d) or _stride(leaf) == 1 and any(leaf.parameters())
+        ):
             cut = i + 1
             if isinstance(leaf, nn.Conv2d) and cut < len(leaves) and isinstance(leaves[cut], nn.BatchNorm2d):
                 cut += 1
@@ -67,7 +70,7 @@ def class_agnostic_saliency(classifier, x: torch.Tensor, *, at: str = "image") -
 
     s = median3x3(max_k |d (sum_c score_c) / d a_k|), score the classifier's logits (every class, as SEC's
     fc8 gradient of ones) and a the image (`at="image"`: max over colour channels, then averaged over the
-    cells of the classifier's output grid) or the pre-activation of the first stride-8 layer (`"stride8"`).
+    cells of the stride-8 grid) or the pre-activation of the first stride-8 layer (`"stride8"`).
     Images do not interact (the classifier is in eval mode), so the gradient of the batch sum is every
     image's own gradient. `classifier` needs `.trunk` (an nn.Sequential) and `.head(feats)` -> logits.
     """
@@ -77,12 +80,12 @@ def class_agnostic_saliency(classifier, x: torch.Tensor, *, at: str = "image") -
     with torch.enable_grad():
         a = pre(x.detach()).detach().requires_grad_(True)
         # clone: the trunk's in-place ReLU would otherwise overwrite a leaf that requires grad
-        feats = post(a.clone())
-        score = classifier.head(feats).float().sum()
+        score = classifier.head(post(a.clone())).float().sum()
         (grad,) = torch.autograd.grad(score, a)
     sal = grad.float().abs().amax(dim=1)  # (B, h, w) or (B, H, W)
     if at == "image":
-        sal = F.adaptive_avg_pool2d(sal[:, None], feats.shape[-2:])[:, 0]
+        cells = tuple((n - 1) // SALIENCY_STRIDE + 1 for n in sal.shape[-2:])
+        sal = F.adaptive_avg_pool2d(sal[:, None], cells)[:, 0]
     return median3x3(sal)
 
 
