@@ -1,12 +1,22 @@
+from types import SimpleNamespace
+
 import pytest
 import torch
 import torchvision
 
 from gain.cam.model import Classifier
-from gain.models.backbones import WeightsError, build_trunk, decimate_vgg16_fc, torchvision_model
+from gain.models.backbones import (
+    SmallTrunk,
+    WeightsError,
+    build_trunk,
+    decimate_vgg16_fc,
+    torchvision_model,
+    vgg16_trunk,
+)
 from gain.runtime.engine import sgd
 from gain.sec import model as sec_model
 from gain.sec.model import LargeFOV
+from gain.seeds.saliency import leaf_modules
 
 
 def assert_backward_reaches_every_parameter(model: torch.nn.Module, out: torch.Tensor) -> None:
@@ -149,6 +159,44 @@ def test_fc8_starts_from_n_0_001_with_zero_bias():
     assert net.fc8.weight.std().item() == pytest.approx(0.01, rel=0.1)  # 256 x 21 draws
     assert abs(net.fc8.weight.mean().item()) < 0.002
     assert torch.equal(net.fc8.bias, torch.zeros(21))
+
+
+def geometry_twin(trunk: torch.nn.Module) -> torch.nn.Sequential:
+    """The trunk's geometry alone: every conv a 1-channel all-ones conv of the same kernel, stride, padding
+    and dilation, every max pool an average pool of the same window; the input gradient of an output cell
+    is then its whole receptive field, weighted symmetrically about the cell's centre."""
+    mods = []
+    for m in leaf_modules(trunk):
+        if isinstance(m, torch.nn.Conv2d):
+            conv = torch.nn.Conv2d(1, 1, m.kernel_size, m.stride, m.padding, m.dilation, bias=False)
+            torch.nn.init.ones_(conv.weight)
+            mods.append(conv)
+        elif isinstance(m, torch.nn.MaxPool2d):
+            mods.append(torch.nn.AvgPool2d(m.kernel_size, m.stride, m.padding))
+    return torch.nn.Sequential(*mods)
+
+
+@pytest.mark.parametrize(("backbone", "size", "offset"), [("small", 112, 3), ("vgg16", 321, 0)])
+def test_output_cell_centres_match_align_corners(backbone, size, offset):
+    # small: cell i centred on input pixel 8i + 3 (half-pixel grid: 8i + 3.5); vgg16 at 321: on 8i, so the
+    # 41 cells span pixels 0..320 corner to corner, the geometry SEC's zooms assume.
+    if backbone == "vgg16":
+        features = torchvision.models.vgg.make_layers(torchvision.models.vgg.cfgs["D"])
+        trunk = vgg16_trunk(SimpleNamespace(features=features), dilated=True)
+        net = SimpleNamespace(align_corners=True)
+    else:
+        trunk, net = SmallTrunk(), LargeFOV("small", 3)
+    assert net.align_corners == (offset == 0)
+    twin = geometry_twin(trunk)
+    x = torch.ones(1, 1, size, size, requires_grad=True)
+    y = twin(x)
+    h = y.shape[-1]
+    assert h == (size - 1) // 8 + 1
+    for i in (h // 2 - 1, h // 2, h // 2 + 1):  # interior cells: the receptive field is not clipped
+        (g,) = torch.autograd.grad(y[0, 0, i, i], x, retain_graph=True)
+        rows = g[0, 0].sum(dim=1)
+        centre = float((rows * torch.arange(size)).sum() / rows.sum())
+        assert centre == pytest.approx(8 * i + offset, abs=1e-3)
 
 
 # ---------------------------------------------------------------- DeepLab's vgg16_20M initialisation

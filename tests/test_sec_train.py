@@ -22,7 +22,14 @@ from gain.runtime.params import load_params
 from gain.runtime.tracking import NullRun
 from gain.sec import train as sec_train
 from gain.sec.evaluate import TEST_PROB_FLOOR, crf_unary, predict
-from gain.sec.train import downscale_images, sec_step_losses, train_sec, train_transform
+from gain.sec.train import (
+    cell_pixels,
+    downscale_cues,
+    downscale_images,
+    sec_step_losses,
+    train_sec,
+    train_transform,
+)
 from tests.tensor_utils import single_thread  # noqa: F401 (autouse fixture)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -32,9 +39,10 @@ SHIPPED = load_params(REPO / "params.yaml")
 class FixedLogits(nn.Module):
     """A 'network' whose output is a fixed (B, C, h, w) tensor, plus one weight so losses have a gradient."""
 
-    def __init__(self, logits: torch.Tensor):
+    def __init__(self, logits: torch.Tensor, align_corners: bool = True):
         super().__init__()
         self.logits = logits
+        self.align_corners = align_corners
         self.scale = nn.Parameter(torch.ones(()))
 
     def forward(self, x):
@@ -112,6 +120,23 @@ def test_fixed_resize_input_is_the_default_and_scale_crop_flip_an_option():
     assert [type(t) for t in aug.transforms] == [RandomScale, RandomCrop, RandomHFlip]
 
 
+def test_cell_pixels_follow_the_grid_geometry():
+    # VGG16-LargeFOV at 321: cell i on pixel 8i (corners); the small trunk at 112: centre 8i + 3.5 -> 8i + 4.
+    assert cell_pixels(321, 41, align_corners=True).tolist() == list(range(0, 321, 8))
+    assert cell_pixels(112, 14, align_corners=False).tolist() == list(range(4, 112, 8))
+    assert cell_pixels(5, 1, align_corners=True).tolist() == [0]
+
+
+def test_cues_are_taken_under_each_cell_centre():
+    cues = torch.full((1, 16, 16), 255, dtype=torch.long)
+    cues[0, 4, 4] = 1  # under cell (0, 0)'s half-pixel centre (2 cells of 8 px)
+    cues[0, 15, 15] = 2  # the last pixel: corner-aligned cell (1, 1)
+    half = downscale_cues(cues, (2, 2), align_corners=False)
+    corner = downscale_cues(cues, (2, 2), align_corners=True)
+    assert half.tolist() == [[[1, 255], [255, 255]]]
+    assert corner.tolist() == [[[255, 255], [255, 2]]]
+
+
 def test_crf_image_is_zoomed_with_corners_aligned():
     # SEC's CRF layer zooms the input to 41x41 with scipy (order 1, corners aligned): 5 -> 3 keeps
     # pixels 0, 2 and 4 of each row and column exactly.
@@ -135,6 +160,15 @@ def test_predict_zooms_probabilities_with_corners_aligned():
     np.testing.assert_allclose(probs[:, ::2, ::2], p, atol=1e-6)  # the corners are the output cells
     np.testing.assert_allclose(probs[:, 1, 1], p.mean(axis=(1, 2)), atol=1e-6)  # probabilities, not logits
     np.testing.assert_allclose(probs.sum(0), 1.0, atol=1e-6)
+    # A half-pixel grid (the small trunk): 2 cells over 4 pixels, centres at pixels 0.5 and 2.5.
+    item["orig_mask"] = np.zeros((4, 4), np.uint8)
+    ((_, probs),) = list(predict(FixedLogits(logits, align_corners=False), [item], CPU))
+    np.testing.assert_allclose(probs[:, 0, 0], p[:, 0, 0], atol=1e-6)  # clamped beyond the first centre
+    np.testing.assert_allclose(
+        probs[:, 1, 1],
+        0.75**2 * p[:, 0, 0] + 0.1875 * (p[:, 0, 1] + p[:, 1, 0]) + 0.0625 * p[:, 1, 1],
+        atol=1e-6,
+    )
 
 
 def test_test_time_crf_unary_floors_probabilities_at_1e_5():

@@ -22,8 +22,10 @@ TEST_PROB_FLOOR = 1e-5  # SEC's demo floors the upsampled probabilities before t
 @torch.no_grad()
 def predict(model, dataset: VOCDataset, rt: Runtime, *, batch_size: int = 8):
     """Yield (item, probs (C, H, W) float32 at the image's original resolution), argmax left to the caller.
-    As SEC's deploy/demo.py: softmax at the output resolution, then the probabilities zoomed bilinearly with
-    the corner pixels aligned (scipy's zoom, order 1). dataset: a VOCDataset with keep_original=True."""
+    As SEC's deploy/demo.py: softmax at the output resolution, then the probabilities (not the logits)
+    zoomed bilinearly, with the corner pixels aligned (scipy's zoom, order 1) when the network's grid spans
+    its input corner to corner (`model.align_corners`: VGG16-LargeFOV at 321), else at half-pixel centres
+    (the small trunk). dataset: a VOCDataset with keep_original=True."""
     model.eval()
     for batch in eval_loader(dataset, batch_size):
         with rt.autocast():
@@ -31,7 +33,9 @@ def predict(model, dataset: VOCDataset, rt: Runtime, *, batch_size: int = 8):
         probs = torch.softmax(logits, dim=1)  # (B, C, h, w)
         for b in range(probs.shape[0]):
             h, w = batch["orig_mask"][b].shape
-            up = F.interpolate(probs[b : b + 1], size=(h, w), mode="bilinear", align_corners=True)
+            up = F.interpolate(
+                probs[b : b + 1], size=(h, w), mode="bilinear", align_corners=model.align_corners
+            )
             yield {k: v[b] for k, v in batch.items()}, up[0].cpu().numpy()
 
 

@@ -24,11 +24,18 @@ class LargeFOV(nn.Module):
     the trunk from ImageNet VGG16 and fc6/fc7 from its decimated fully connected layers (DeepLab's
     vgg16_20M), so only fc8 is random. small: the same head with 256 channels and dilation 4, scaled to its
     14x14 output.
+
+    `align_corners`: where the output cells sit on the input. DeepLab's padded 3x3 stride-2 pools put cell i
+    on input pixel 8i, so at its 8k+1 input sizes (321 -> 41) the grid spans the image corner to corner, as
+    SEC's zooms assume (True). The small trunk's stride-2 conv and 2x2 pools put cell i on pixel 8i + 3,
+    the half-pixel convention of an 8k input (False). Resampling between the input and the output grid
+    (cues, the CRF's image, the test-time probabilities) follows it.
     """
 
     def __init__(self, backbone: str, num_classes: int, weights: str = "none"):
         super().__init__()
         fc_state = None
+        self.align_corners = backbone == "vgg16"
         if backbone == "vgg16":
             if weights == "imagenet":  # one load of the ImageNet net: its conv layers and its fc6/fc7
                 net = torchvision_model("vgg16", True)

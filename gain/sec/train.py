@@ -21,15 +21,29 @@ from gain.sec.losses import sec_loss
 from gain.sec.model import LargeFOV, build_sec
 
 
-def downscale_cues(cues: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """(B, H, W) long seed maps -> (B, h, w) by nearest neighbour, so unlabeled (255) stays unlabeled."""
-    return F.interpolate(cues[:, None].float(), size=size, mode="nearest")[:, 0].long()
+def cell_pixels(n_in: int, n_out: int, *, align_corners: bool) -> torch.Tensor:
+    """(n_out,) long: the input pixel under each output cell's centre, corner-aligned (i (n_in - 1) /
+    (n_out - 1)) or half-pixel ((i + 0.5) n_in / n_out - 0.5), rounded to the nearest pixel."""
+    i = torch.arange(n_out, dtype=torch.float64)
+    if align_corners:
+        pos = i * (n_in - 1) / max(n_out - 1, 1)
+    else:
+        pos = (i + 0.5) * n_in / n_out - 0.5
+    return torch.floor(pos + 0.5).long().clamp(0, n_in - 1)
 
 
-def downscale_images(x: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
+def downscale_cues(cues: torch.Tensor, size: tuple[int, int], *, align_corners: bool = True) -> torch.Tensor:
+    """(B, H, W) long seed maps -> (B, h, w): each cell takes the cue under its centre (`cell_pixels`), so
+    unlabeled (255) stays unlabeled and no cue moves by part of a cell."""
+    rows = cell_pixels(cues.shape[-2], size[0], align_corners=align_corners).to(cues.device)
+    cols = cell_pixels(cues.shape[-1], size[1], align_corners=align_corners).to(cues.device)
+    return cues[:, rows][:, :, cols]
+
+
+def downscale_images(x: torch.Tensor, size: tuple[int, int], *, align_corners: bool = True) -> np.ndarray:
     """(B, 3, H, W) normalised -> (B, h, w, 3) uint8 images for the CRF at output resolution, zoomed
-    bilinearly with the corners aligned as SEC's CRF layer does (scipy's zoom, order 1)."""
-    small = F.interpolate(x.float(), size=size, mode="bilinear", align_corners=True)
+    bilinearly; corner-aligned (the default) as SEC's CRF layer does (scipy's zoom, order 1)."""
+    small = F.interpolate(x.float(), size=size, mode="bilinear", align_corners=align_corners)
     return np.ascontiguousarray(np.stack([denormalize(s) for s in small.cpu()]))
 
 
@@ -40,13 +54,14 @@ def sec_step_losses(net, batch: dict, pool: CRFPool, p: SecParams, rt: Runtime) 
     `p.losses` are not computed (no CRF without the constrain term)."""
     logits = net(rt.to_device(batch["image"])).float()
     size = tuple(logits.shape[-2:])
+    align = unwrap(net).align_corners  # how the network's output grid sits on its input
     crf = cues = labels = None
     if "constrain" in p.losses:
         log_probs = torch.log_softmax(logits.detach(), dim=1).cpu().numpy().astype(np.float32)
-        q = pool.map(downscale_images(batch["image"], size), log_probs, p.crf_scale)
+        q = pool.map(downscale_images(batch["image"], size, align_corners=align), log_probs, p.crf_scale)
         crf = torch.from_numpy(q).to(rt.device)
     if "seed" in p.losses:
-        cues = downscale_cues(batch["mask"], size).to(rt.device)
+        cues = downscale_cues(batch["mask"], size, align_corners=align).to(rt.device)
     if "expand" in p.losses:
         labels = batch["label"].to(rt.device)
     return sec_loss(logits, cues, labels, crf, terms=p.losses, d_fg=p.d_fg, d_bg=p.d_bg, min_prob=p.min_prob)

@@ -57,9 +57,7 @@ def _image_batches(
 def image_attention(classifier, dataset: VOCDataset, rt: Runtime, *, batch_size: int, flip: bool):
     """Yield (item, attn (K, H, W) float32 in [0, 1] at the image's own resolution, classes (K,) 1-based)
     for every image of `dataset` (a VOCDataset with keep_original=True); all classes of a batch in one pass."""
-    for item, attn, classes, _ in _image_batches(
-        classifier, dataset, rt, batch_size=batch_size, flip=flip
-    ):
+    for item, attn, classes, _ in _image_batches(classifier, dataset, rt, batch_size=batch_size, flip=flip):
         yield item, attn, classes
 
 

@@ -23,10 +23,10 @@ from torch.nn import functional as F
 SALIENCY_STRIDE = 8  # SEC's cell grid: conv4_1 of VGG16, the output stride of DeepLab-LargeFOV
 
 
-def _leaves(module: nn.Module) -> list[nn.Module]:
+def leaf_modules(module: nn.Module) -> list[nn.Module]:
     """The modules of a (nested) nn.Sequential in execution order; any other module is one leaf."""
     if isinstance(module, nn.Sequential):
-        return [leaf for child in module for leaf in _leaves(child)]
+        return [leaf for child in module for leaf in leaf_modules(child)]
     return [module]
 
 
@@ -40,7 +40,7 @@ def split_trunk(trunk: nn.Module, stride: int = SALIENCY_STRIDE) -> tuple[nn.Seq
     """(pre, post) with trunk(x) == post(pre(x)): `pre` ends with the pre-activation of the first layer that
     runs on the stride-`stride` grid (a Conv2d and the BatchNorm right after it; a residual block as a
     whole). Raises ValueError when the trunk never reaches that stride."""
-    leaves = _leaves(trunk)
+    leaves = leaf_modules(trunk)
     reached = 1
     for i, leaf in enumerate(leaves):
         if reached == stride and (
