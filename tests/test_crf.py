@@ -59,7 +59,8 @@ def exact_meanfield(
 
 
 def _regions_case(seed: int, h: int = 6, w: int = 7, c: int = 3) -> tuple[np.ndarray, np.ndarray]:
-    """A (H, W, 3) uint8 image of three noisy colour regions and (C, H, W) float32 random log-softmax scores."""
+    """A (H, W, 3) uint8 image of three noisy colour regions and (C, H, W) float32 random log-softmax
+    scores."""
     rng = np.random.default_rng(seed)
     palette = rng.integers(0, 256, size=(3, 3))
     regions = np.minimum(np.arange(w) * 3 // w, 2)[None, :].repeat(h, axis=0)  # (H, W) three vertical bands

@@ -166,7 +166,8 @@ def test_make_cues_needs_exactly_one_background_rule():
 
 
 def test_seed_quality_splits_labeled_fraction_into_fg_and_bg():
-    # SEEDS vs GT above: 7 non-void pixels; background seeds at (0,0), (1,3); foreground at (0,2), (0,3), (1,0).
+    # SEEDS vs GT above: 7 non-void pixels; background seeds at (0,0), (1,3); foreground at (0,2), (0,3),
+    # (1,0).
     sq = SeedQuality(num_classes=3)
     sq.update(SEEDS, GT)
     out = sq.compute()

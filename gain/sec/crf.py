@@ -84,10 +84,11 @@ def dense_crf(
 
     image: (H, W, 3) uint8 RGB, C-contiguous. log_probs: (C, H, W) float32 finite class scores, e.g. the
     log-softmax of the logits. Unary: -log_probs, no floor (any per-pixel constant added to the scores
-    leaves Q unchanged, so raw logits give the same Q). Pairwise (Potts): gauss_compat * k(p_i - p_j; gauss_sxy / scale) and
+    leaves Q unchanged, so raw logits give the same Q). Pairwise (Potts):
+    gauss_compat * k(p_i - p_j; gauss_sxy / scale) and
     bilateral_compat * k(p_i - p_j; bilateral_sxy / scale) * k(I_i - I_j; bilateral_srgb), k a Gaussian with
-    that std, normalised symmetrically (pydensecrf's default). Each iteration: Q <- softmax(-U + sum_m w_m K_m Q),
-    where the kernel sum runs over all j including i itself. The kernels are evaluated on a permutohedral
+    that std, normalised symmetrically (pydensecrf's default). Each iteration:
+    Q <- softmax(-U + sum_m w_m K_m Q), where the kernel sum runs over all j including i itself. The kernels are evaluated on a permutohedral
     lattice, an approximation of the exact Gaussians (see tests/test_crf.py for how close).
     """
     _check_pair(image, log_probs)
