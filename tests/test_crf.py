@@ -1,9 +1,12 @@
-"""gain/crf.py: pydensecrf's dense CRF against an exact O(N^2) mean-field reference, and the worker pool."""
+"""gain/sec/crf.py: pydensecrf's dense CRF against an exact O(N^2) mean-field reference, the unfloored unary
+that lets a small confident object survive, and the worker pool."""
 
 import numpy as np
 import pytest
+import torch
 
-from gain.sec.crf import PROB_FLOOR, CRFParams, CRFPool, dense_crf
+from gain.sec.crf import CRFParams, CRFPool, dense_crf
+from gain.sec.losses import sec_probs
 
 
 def _softmax(x: np.ndarray) -> np.ndarray:
@@ -20,7 +23,7 @@ def _normalised(k: np.ndarray) -> np.ndarray:
 
 def exact_meanfield(
     image: np.ndarray,
-    probs: np.ndarray,
+    log_probs: np.ndarray,
     *,
     scale: float,
     params: CRFParams,
@@ -29,12 +32,12 @@ def exact_meanfield(
 ) -> np.ndarray:
     """The mean-field updates pydensecrf runs, with exact dense (N, N) Gaussian kernels: (C, H, W) float64.
 
-    Q0 = softmax(-U); Q <- softmax(-U + sum_m w_m Q K_m), U = -log(max(probs, 1e-5)), K_m the symmetrically
+    Q0 = softmax(-U); Q <- softmax(-U + sum_m w_m Q K_m), U = -log_probs, K_m the symmetrically
     normalised kernel. Potts compatibility with weight w multiplies the message by -w and inference subtracts
     it, hence the +w here. pydensecrf's permutohedral filter does not drop the j = i term (probing it with a
     one-hot Q shows a non-zero kernel diagonal); `include_self=False` is the textbook sum over j != i.
     """
-    c, h, w = probs.shape
+    c, h, w = log_probs.shape
     ys, xs = np.mgrid[0:h, 0:w]
     pos = np.stack([xs.ravel(), ys.ravel()], axis=1).astype(np.float64)  # (N, 2), row-major like pydensecrf
     rgb = image.reshape(-1, 3).astype(np.float64)  # (N, 3)
@@ -48,7 +51,7 @@ def exact_meanfield(
         gauss -= np.eye(h * w)
         bilateral -= np.eye(h * w)
     kernels = [(params.gauss_compat, _normalised(gauss)), (params.bilateral_compat, _normalised(bilateral))]
-    unary = -np.log(np.maximum(probs.reshape(c, -1).astype(np.float64), PROB_FLOOR))  # (C, N)
+    unary = -log_probs.reshape(c, -1).astype(np.float64)  # (C, N)
     q = _softmax(-unary)
     for _ in range(iterations):
         q = _softmax(-unary + sum(wt * q @ k for wt, k in kernels))  # kernels are symmetric: Q K = (K Q^T)^T
@@ -56,20 +59,21 @@ def exact_meanfield(
 
 
 def _regions_case(seed: int, h: int = 6, w: int = 7, c: int = 3) -> tuple[np.ndarray, np.ndarray]:
-    """A (H, W, 3) uint8 image of three noisy colour regions and (C, H, W) float32 random softmax probs."""
+    """A (H, W, 3) uint8 image of three noisy colour regions and (C, H, W) float32 random log-softmax
+    scores."""
     rng = np.random.default_rng(seed)
     palette = rng.integers(0, 256, size=(3, 3))
     regions = np.minimum(np.arange(w) * 3 // w, 2)[None, :].repeat(h, axis=0)  # (H, W) three vertical bands
     image = np.clip(palette[regions] + rng.normal(0, 4, size=(h, w, 3)), 0, 255).astype(np.uint8)
-    probs = _softmax(rng.normal(0, 1.5, size=(c, h * w))).reshape(c, h, w).astype(np.float32)
-    return image, probs
+    probs = _softmax(rng.normal(0, 1.5, size=(c, h * w))).reshape(c, h, w)
+    return image, np.log(probs).astype(np.float32)
 
 
 def _batch(seed: int, b: int = 3, h: int = 9, w: int = 11, c: int = 4) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
     images = rng.integers(0, 256, size=(b, h, w, 3), dtype=np.uint8)
     probs = _softmax(rng.normal(0, 1.5, size=(c, b * h * w))).reshape(c, b, h, w).transpose(1, 0, 2, 3)
-    return images, np.ascontiguousarray(probs, dtype=np.float32)
+    return images, np.ascontiguousarray(np.log(probs), dtype=np.float32)
 
 
 @pytest.fixture(scope="module")
@@ -132,13 +136,49 @@ def test_output_is_a_distribution_per_pixel():
     np.testing.assert_allclose(q.sum(0), 1.0, atol=1e-5)
 
 
-def test_zero_iterations_is_the_clipped_softmax_of_the_input():
-    _, probs = _regions_case(2)
-    probs[0, 0, 0], probs[1, 0, 0] = 0.0, probs[1, 0, 0] + probs[0, 0, 0]
+def test_zero_iterations_is_the_softmax_of_the_scores_without_a_floor():
     image = np.zeros((6, 7, 3), dtype=np.uint8)
-    q = dense_crf(image, probs, scale=1.0, params=CRFParams(iterations=0))
-    expected = np.maximum(probs, PROB_FLOOR) / np.maximum(probs, PROB_FLOOR).sum(0)
-    np.testing.assert_allclose(q, expected, atol=1e-6)
+    _, log_probs = _regions_case(2)
+    log_probs[0, 0, 0] = -40.0  # p = 4e-18: a floor at 1e-5 would lift it 10^12-fold
+    q = dense_crf(image, log_probs, scale=1.0, params=CRFParams(iterations=0))
+    np.testing.assert_allclose(q, _softmax(log_probs.reshape(3, -1)).reshape(q.shape), rtol=1e-4, atol=1e-12)
+    assert q[0, 0, 0] < 1e-16
+
+
+def test_raw_logits_and_log_softmax_give_the_same_q():
+    # SEC's CRF layer takes the raw fc8 scores; the log-softmax differs by a per-pixel constant.
+    rng = np.random.default_rng(7)
+    image = rng.integers(0, 256, size=(9, 11, 3), dtype=np.uint8)
+    logits = rng.normal(0, 6, size=(4, 9, 11)).astype(np.float32)
+    log_softmax = torch.log_softmax(torch.from_numpy(logits), dim=0).numpy()
+    np.testing.assert_allclose(
+        dense_crf(image, logits, scale=12.0), dense_crf(image, log_softmax, scale=12.0), atol=1e-5
+    )
+
+
+def small_object_case(num_classes: int, margin: float = 20.0) -> tuple[np.ndarray, np.ndarray]:
+    """41x41 grid (SEC's output size) on a one-colour image: background scores `margin` above every other
+    class, except a 3x3-cell object whose class 1 scores `margin` above the rest. -> (image, logits)."""
+    logits = np.zeros((num_classes, 41, 41), np.float32)
+    logits[0] = margin
+    logits[0, 19:22, 19:22] = 0.0
+    logits[1, 19:22, 19:22] = margin
+    return np.full((41, 41, 3), 120, np.uint8), logits
+
+
+@pytest.mark.parametrize("num_classes", [2, 21])
+def test_small_confident_object_survives_the_training_crf(num_classes):
+    # SEC's training CRF (s = 12) on the unfloored log-softmax keeps the object (Q = 1.00 at its centre);
+    # the same CRF on floored probabilities (SEC's min_prob 1e-4, a unary capped near 9.2 nats) lets the
+    # background's pairwise messages (up to 10 + 3 nats) erase it (Q = 0.015), so the constrain loss would
+    # teach the network to drop small objects.
+    image, logits = small_object_case(num_classes)
+    log_softmax = torch.log_softmax(torch.from_numpy(logits), dim=0).numpy()
+    q = dense_crf(image, log_softmax, scale=12.0)
+    assert q[1, 19:22, 19:22].min() > 0.99
+    assert q[0].sum() > 41 * 41 - 9 - 0.1  # the background stays background
+    floored = torch.log(sec_probs(torch.from_numpy(logits)[None], 1e-4)[0]).numpy()
+    assert dense_crf(image, floored, scale=12.0)[1, 20, 20] < 0.05
 
 
 def test_bilateral_term_snaps_labels_to_colour_regions():
@@ -148,7 +188,8 @@ def test_bilateral_term_snaps_labels_to_colour_regions():
     truth[:, 6:] = 1  # off-centre boundary: left region red, right region blue
     image = np.where(truth[..., None] == 0, [200, 30, 30], [30, 30, 200]).astype(np.uint8)
     noisy = np.where(rng.random((h, w)) < 0.2, 1 - truth, truth)  # 20% of pixels vote for the wrong class
-    probs = np.stack([np.where(noisy == 0, 0.6, 0.4), np.where(noisy == 1, 0.6, 0.4)]).astype(np.float32)
+    probs = np.log(np.stack([np.where(noisy == 0, 0.6, 0.4), np.where(noisy == 1, 0.6, 0.4)]))
+    probs = probs.astype(np.float32)
     assert (probs.argmax(0) != truth).mean() > 0.1
     q = dense_crf(image, probs, scale=1.0)
     np.testing.assert_array_equal(q.argmax(0), truth)
@@ -186,6 +227,7 @@ def test_shape_mismatch_names_the_shapes():
         (np.zeros((7, 6, 3), np.uint8).transpose(1, 0, 2), np.ones((3, 6, 7), np.float32), "C-contiguous"),
         (np.zeros((6, 7, 3), np.uint8), np.ones((3, 6, 7), np.float64), "float32"),
         (np.zeros((6, 7, 3), np.uint8), np.ones((6, 7), np.float32), "probs must be a"),
+        (np.zeros((6, 7, 3), np.uint8), np.full((3, 6, 7), -np.inf, np.float32), "finite"),
     ],
 )
 def test_bad_inputs_raise(image, probs, message):

@@ -15,6 +15,7 @@ from PIL import Image
 from scipy import ndimage
 
 from gain.data.dataset import DatasetIndex, VOCDataset, image_label
+from gain.data.dataset import build_index as build_dataset_index
 from gain.data.transforms import (
     MEAN,
     STD,
@@ -120,6 +121,31 @@ def test_xml_labels_win_over_the_mask(voc_copy):
     np.testing.assert_array_equal(label, expected)
     # Ids without an XML still read their mask.
     np.testing.assert_array_equal(image_label(voc_copy, "2011_000006", VOC_CLASSES), OFFICIAL["2011_000006"])
+
+
+def test_nondifficult_rule_skips_objects_marked_difficult(voc_copy):
+    image_id = "2011_000025"
+    (voc_copy / "Annotations").mkdir()
+    (voc_copy / "Annotations" / f"{image_id}.xml").write_text(XML.format(id=image_id, extra="person"))
+
+    def names(label):
+        return [VOC_CLASSES[i + 1] for i in np.flatnonzero(label)]
+
+    assert names(image_label(voc_copy, image_id, VOC_CLASSES, rule="all")) == ["dog", "person", "sheep"]
+    # the only sheep is difficult; the second dog is not, so dog stays
+    assert names(image_label(voc_copy, image_id, VOC_CLASSES, rule="nondifficult")) == ["dog", "person"]
+    index = build_dataset_index(voc_copy, "voc", {"train": [image_id]}, label_rule="nondifficult")
+    assert index.labels[image_id] == [VOC_CLASSES.index("dog"), VOC_CLASSES.index("person")]
+    # an image whose objects are all difficult keeps an empty label; a mask-only id is unaffected
+    (voc_copy / "Annotations" / f"{image_id}.xml").write_text(
+        XML.replace("<difficult>0", "<difficult>1").format(id=image_id, extra="person")
+    )
+    assert names(image_label(voc_copy, image_id, VOC_CLASSES, rule="nondifficult")) == []
+    np.testing.assert_array_equal(
+        image_label(voc_copy, "2011_000006", VOC_CLASSES, rule="nondifficult"), OFFICIAL["2011_000006"]
+    )
+    with pytest.raises(ValueError, match="'some'"):
+        image_label(voc_copy, image_id, VOC_CLASSES, rule="some")
 
 
 def test_xml_with_unknown_class_or_bad_syntax_names_the_file(voc_copy):

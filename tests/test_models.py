@@ -1,10 +1,22 @@
+from types import SimpleNamespace
+
 import pytest
 import torch
+import torchvision
 
 from gain.cam.model import Classifier
-from gain.models.backbones import WeightsError, build_trunk
+from gain.models.backbones import (
+    SmallTrunk,
+    WeightsError,
+    build_trunk,
+    decimate_vgg16_fc,
+    torchvision_model,
+    vgg16_trunk,
+)
 from gain.runtime.engine import sgd
+from gain.sec import model as sec_model
 from gain.sec.model import LargeFOV
+from gain.seeds.saliency import leaf_modules
 
 
 def assert_backward_reaches_every_parameter(model: torch.nn.Module, out: torch.Tensor) -> None:
@@ -82,24 +94,189 @@ def test_classifier_param_groups_fc_at_10x():
 
 
 def test_largefov_param_groups_sec_multipliers():
+    # SEC's train.prototxt: every convolution `param { lr_mult: 1 decay_mult: 1 } param { lr_mult: 2
+    # decay_mult: 0 }`, fc8-SEC 10 / 20. The small trunk's convolutions have no bias (BatchNorm follows).
     net = LargeFOV("small", 21)
     groups = net.param_groups(weight_decay=5e-4)
     assert sorted(param_ids(groups)) == sorted(id(p) for p in net.parameters())  # each once, none left out
     by_param = {id(p): g for g in groups for p in g["params"]}
-    weight, bias = by_param[id(net.fc8.weight)], by_param[id(net.fc8.bias)]
-    assert weight["params"] == [net.fc8.weight] and bias["params"] == [net.fc8.bias]
-    assert weight["lr_mult"] == 10 and bias["lr_mult"] == 20
-    assert bias["weight_decay"] == 0.0 and weight["weight_decay"] == 5e-4
-    for p in [*net.trunk.parameters(), *net.fc6.parameters(), *net.fc7.parameters()]:
-        g = by_param[id(p)]
-        assert g["lr_mult"] == 1 and g["weight_decay"] == 5e-4
+
+    def rule(p):
+        return by_param[id(p)]["lr_mult"], by_param[id(p)]["weight_decay"]
+
+    assert rule(net.fc8.weight) == (10, 5e-4) and rule(net.fc8.bias) == (20, 0.0)
+    for conv in (net.fc6, net.fc7):
+        assert rule(conv.weight) == (1, 5e-4) and rule(conv.bias) == (2, 0.0)
+    for p in net.trunk.parameters():  # conv weights and BatchNorm affine parameters
+        assert rule(p) == (1, 5e-4)
 
 
 def test_param_groups_build_an_sgd_optimizer():
     net = LargeFOV("small", 21)
     opt = sgd(net.param_groups(weight_decay=5e-4), lr=1e-3, momentum=0.9)
-    assert [g["lr_mult"] for g in opt.param_groups] == [1, 10, 20]
-    assert [g["momentum"] for g in opt.param_groups] == [0.9, 0.9, 0.9]
+    assert [g["lr_mult"] for g in opt.param_groups] == [1, 2, 10, 20]
+    assert [g["weight_decay"] for g in opt.param_groups] == [5e-4, 0.0, 5e-4, 0.0]
+    assert [g["momentum"] for g in opt.param_groups] == [0.9, 0.9, 0.9, 0.9]
+
+
+# ---------------------------------------------------------------- LargeFOV head as in SEC's train.prototxt
+
+
+def test_pool5a_is_a_3x3_average_that_counts_the_padding():
+    # Caffe's AVE pooling with pad 1 divides by the whole 3x3 window: corners 4/9, edges 6/9, inside 1.
+    net = LargeFOV("small", 3)
+    out = net.pool5a(torch.ones(1, 1, 4, 5))
+    assert out.shape == (1, 1, 4, 5)
+    expected = torch.tensor([[4, 6, 6, 6, 4], [6, 9, 9, 9, 6], [6, 9, 9, 9, 6], [4, 6, 6, 6, 4]]) / 9
+    torch.testing.assert_close(out[0, 0], expected.float())
+
+
+def test_largefov_forward_is_trunk_pool5a_fc6_fc7_fc8():
+    torch.manual_seed(5)
+    net = LargeFOV("small", 4).eval()  # eval: dropout is the identity
+    x = torch.randn(1, 3, 48, 48)
+    with torch.no_grad():
+        f = torch.nn.functional.avg_pool2d(net.trunk(x), 3, stride=1, padding=1)
+        f = torch.relu(net.fc7(torch.relu(net.fc6(f))))
+        torch.testing.assert_close(net(x), net.fc8(f))
+
+
+def test_dropout_is_elementwise_not_channelwise():
+    # Caffe's Dropout zeroes single activations; nn.Dropout2d would zero whole channels.
+    net = LargeFOV("small", 3).train()
+    assert type(net.drop6) is torch.nn.Dropout and type(net.drop7) is torch.nn.Dropout
+    assert net.drop6.p == net.drop7.p == 0.5
+    torch.manual_seed(0)
+    out = net.drop6(torch.ones(1, 64, 8, 8))
+    assert set(out.unique().tolist()) == {0.0, 2.0}  # kept values rescaled by 1 / (1 - p)
+    per_channel = (out == 0).flatten(2).float().mean(dim=2)  # (1, 64) dropped share in each channel
+    assert ((per_channel > 0) & (per_channel < 1)).all()  # every channel partly kept, partly dropped
+
+
+def test_fc8_starts_from_n_0_001_with_zero_bias():
+    torch.manual_seed(0)
+    net = LargeFOV("small", 21)
+    assert net.fc8.weight.std().item() == pytest.approx(0.01, rel=0.1)  # 256 x 21 draws
+    assert abs(net.fc8.weight.mean().item()) < 0.002
+    assert torch.equal(net.fc8.bias, torch.zeros(21))
+
+
+def geometry_twin(trunk: torch.nn.Module) -> torch.nn.Sequential:
+    """The trunk's geometry alone: every conv a 1-channel all-ones conv of the same kernel, stride, padding
+    and dilation, every max pool an average pool of the same window; the input gradient of an output cell
+    is then its whole receptive field, weighted symmetrically about the cell's centre."""
+    mods = []
+    for m in leaf_modules(trunk):
+        if isinstance(m, torch.nn.Conv2d):
+            conv = torch.nn.Conv2d(1, 1, m.kernel_size, m.stride, m.padding, m.dilation, bias=False)
+            torch.nn.init.ones_(conv.weight)
+            mods.append(conv)
+        elif isinstance(m, torch.nn.MaxPool2d):
+            mods.append(torch.nn.AvgPool2d(m.kernel_size, m.stride, m.padding))
+    return torch.nn.Sequential(*mods)
+
+
+@pytest.mark.parametrize(("backbone", "size", "offset"), [("small", 112, 3), ("vgg16", 321, 0)])
+def test_output_cell_centres_match_align_corners(backbone, size, offset):
+    # small: cell i centred on input pixel 8i + 3 (half-pixel grid: 8i + 3.5); vgg16 at 321: on 8i, so the
+    # 41 cells span pixels 0..320 corner to corner, the geometry SEC's zooms assume.
+    if backbone == "vgg16":
+        features = torchvision.models.vgg.make_layers(torchvision.models.vgg.cfgs["D"])
+        trunk = vgg16_trunk(SimpleNamespace(features=features), dilated=True)
+        net = SimpleNamespace(align_corners=True)
+    else:
+        trunk, net = SmallTrunk(), LargeFOV("small", 3)
+    assert net.align_corners == (offset == 0)
+    twin = geometry_twin(trunk)
+    x = torch.ones(1, 1, size, size, requires_grad=True)
+    y = twin(x)
+    h = y.shape[-1]
+    assert h == (size - 1) // 8 + 1
+    for i in (h // 2 - 1, h // 2, h // 2 + 1):  # interior cells: the receptive field is not clipped
+        (g,) = torch.autograd.grad(y[0, 0, i, i], x, retain_graph=True)
+        rows = g[0, 0].sum(dim=1)
+        centre = float((rows * torch.arange(size)).sum() / rows.sum())
+        assert centre == pytest.approx(8 * i + offset, abs=1e-3)
+
+
+# ---------------------------------------------------------------- DeepLab's vgg16_20M initialisation
+
+
+def test_decimate_vgg16_fc_on_a_hand_made_state_dict():
+    # 8 "fc6" filters over 2 channels of 7x7 (flattened c, y, x as torchvision's flatten), 8 "fc7" outputs.
+    w6 = torch.arange(8 * 2 * 49, dtype=torch.float32).reshape(8, 98)
+    w7 = torch.arange(64, dtype=torch.float32).reshape(8, 8)
+    state = {
+        "classifier.0.weight": w6,
+        "classifier.0.bias": torch.arange(8.0),
+        "classifier.3.weight": w7,
+        "classifier.3.bias": 10 + torch.arange(8.0),
+        "classifier.6.weight": torch.zeros(3, 8),  # fc8 (ImageNet's 1000 classes) is not used
+    }
+    out = decimate_vgg16_fc(state, in_channels=2)
+    assert set(out) == {"fc6.weight", "fc6.bias", "fc7.weight", "fc7.bias"}
+    assert out["fc6.weight"].shape == (2, 2, 3, 3) and out["fc7.weight"].shape == (2, 2, 1, 1)
+    # filters 0 and 4; taps (0, 3, 6) x (0, 3, 6): fc6[i, c, a, b] = w6[4 i, 49 c + 7 (3 a) + 3 b]
+    assert out["fc6.weight"][1, 1, 2, 1].item() == 4 * 98 + 49 + 7 * 6 + 3
+    assert out["fc6.weight"][0, 0].flatten().tolist() == [0, 3, 6, 21, 24, 27, 42, 45, 48]
+    assert out["fc6.bias"].tolist() == [0.0, 4.0]
+    # fc7 keeps outputs 0 and 4 and, as inputs, the kept fc6 filters 0 and 4
+    assert out["fc7.weight"][:, :, 0, 0].tolist() == [[0.0, 4.0], [32.0, 36.0]]
+    assert out["fc7.bias"].tolist() == [10.0, 14.0]
+
+
+def test_decimate_vgg16_fc_rejects_what_does_not_fit():
+    with pytest.raises(WeightsError, match="classifier.0.weight"):
+        decimate_vgg16_fc({})
+    bad = {
+        "classifier.0.weight": torch.zeros(8, 97),
+        "classifier.0.bias": torch.zeros(8),
+        "classifier.3.weight": torch.zeros(8, 8),
+        "classifier.3.bias": torch.zeros(8),
+    }
+    with pytest.raises(WeightsError, match=r"\(8, 97\)"):
+        decimate_vgg16_fc(bad, in_channels=2)
+
+
+def test_largefov_imagenet_init_is_vgg16_20m(monkeypatch):
+    # Stands in for torchvision's ImageNet VGG16 (no download here): a VGG16 with seeded random weights.
+    torch.manual_seed(0)
+    source = torchvision.models.vgg16(weights=None)
+    calls = []
+
+    def fake_torchvision_model(name, imagenet):
+        calls.append((name, imagenet))
+        return source
+
+    monkeypatch.setattr(sec_model, "torchvision_model", fake_torchvision_model)
+    net = LargeFOV("vgg16", 21, weights="imagenet")
+    assert calls == [("vgg16", True)]  # one load serves the conv layers and fc6/fc7
+    expected = decimate_vgg16_fc(source.state_dict())
+    for key, value in expected.items():
+        assert torch.equal(net.state_dict()[key], value), key
+    assert torch.equal(net.trunk[0].weight, source.features[0].weight)  # conv1_1
+    assert torch.equal(net.trunk[28].bias, source.features[28].bias)  # conv5_3
+    assert torch.equal(net.fc8.bias, torch.zeros(21))
+    by_param = {id(p): g for g in net.param_groups(weight_decay=5e-4) for p in g["params"]}
+    convs = [m for m in net.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert len(convs) == 13 + 3  # conv1_1 .. conv5_3, fc6, fc7, fc8: every bias at 2x without decay
+    for m in convs:
+        big = 10 if m is net.fc8 else 1
+        w, b = by_param[id(m.weight)], by_param[id(m.bias)]
+        assert (w["lr_mult"], w["weight_decay"], b["lr_mult"], b["weight_decay"]) == (big, 5e-4, 2 * big, 0.0)
+    # 14,714,688 conv parameters + fc6 3x3x512x1024 + 1024 + fc7 1024x1024 + 1024 + fc8 1024x21 + 21
+    assert sum(p.numel() for p in net.parameters()) == 14_714_688 + 4_719_616 + 1_049_600 + 21_525
+
+
+def test_imagenet_weights_that_cannot_load_name_the_cache(monkeypatch):
+    def no_network(*, weights):
+        raise OSError("network unreachable")
+
+    monkeypatch.setattr(torchvision.models, "vgg16", no_network)
+    with pytest.raises(WeightsError, match=r"vgg16.*network unreachable.*vgg16-397923af\.pth"):
+        torchvision_model("vgg16", True)
+    with pytest.raises(WeightsError, match="could not be loaded"):
+        LargeFOV("vgg16", 21, weights="imagenet")
 
 
 # ---------------------------------------------------------------- construction errors and weights

@@ -245,6 +245,33 @@ def test_choices_are_checked_in_every_section():
         parse({"device": "gpu"})
 
 
+def test_sec_losses_is_a_non_empty_list_of_distinct_terms(tmp_path):
+    assert parse({"sec": {"losses": ["expand", "seed"]}}).sec.losses == ("expand", "seed")
+    assert load_params(PARAMS_YAML).sec.losses == ("seed", "expand", "constrain")  # SEC's objective
+    for bad in ([], ["seed", "seed"], ["seed", "balance"]):
+        msg = load_error(tmp_path, "sec.losses", bad)
+        assert (
+            "sec.losses: " in msg and "non-empty list of distinct values from seed, expand, constrain" in msg
+        )
+    assert "expected a list of strings" in load_error(tmp_path, "sec.losses", "seed")
+
+
+def test_heldout_selection_needs_a_heldout_fraction():
+    assert parse({"sec": {"select": "heldout", "heldout_fraction": 0.1}}).sec.select == "heldout"
+    assert parse({"sec": {"select": "last", "heldout_fraction": 0.0}}).sec.heldout_fraction == 0.0
+    with pytest.raises(ParamsError, match=r"sec\.heldout_fraction: must be > 0 when sec\.select is heldout"):
+        parse({"sec": {"select": "heldout", "heldout_fraction": 0.0}})
+    with pytest.raises(ParamsError, match=r"sec\.select: 'best' is not allowed"):
+        parse({"sec": {"select": "best"}})
+
+
+def test_paper_defaults_of_the_fidelity_options():
+    params = load_params(PARAMS_YAML)
+    assert (params.seeds.background, params.seeds.bg_fraction) == ("saliency", 0.1)
+    assert (params.sec.augment, params.sec.select) == ("none", "last")
+    assert params.data.voc_labels in ("all", "nondifficult")
+
+
 def test_bias_class_must_be_one_of_the_synthetic_classes(tmp_path):
     path = write_params(tmp_path, "data.synthetic.bias_class", 7)  # num_classes is 6
     with pytest.raises(ParamsError) as e:

@@ -270,3 +270,28 @@ def test_sec_loss_optimisation_lowers_every_term():
         end = sec_loss(logits, cues, labels, crf)
     for key in ("seed", "expand", "constrain", "total"):
         assert end[key] < 0.75 * start[key], (key, start[key].item(), end[key].item())
+
+
+def test_sec_loss_terms_subset_computes_only_those():
+    torch.manual_seed(7)
+    cues, labels, crf = _toy_problem()
+    logits = torch.randn(2, 3, 8, 8)
+    full = sec_loss(logits, cues, labels, crf, weights=(1.0, 2.0, 0.5))
+    # A left-out term's input may be None: it is never looked at.
+    out = sec_loss(logits, cues, labels, None, terms=("seed", "expand"), weights=(1.0, 2.0, 0.5))
+    assert set(out) == {"seed", "expand", "total"}
+    assert_close(out["seed"], full["seed"])
+    assert_close(out["total"], full["seed"] + 2.0 * full["expand"])
+    only = sec_loss(logits, None, None, crf, terms=("constrain",), weights=(1.0, 2.0, 0.5))
+    assert set(only) == {"constrain", "total"}
+    assert_close(only["total"], 0.5 * full["constrain"])
+
+
+def test_sec_loss_rejects_bad_terms():
+    cues, labels, crf = _toy_problem()
+    logits = torch.zeros(2, 3, 8, 8)
+    for terms in [(), ("seed", "seed"), ("seed", "balance")]:
+        with pytest.raises(ValueError, match="non-empty subset"):
+            sec_loss(logits, cues, labels, crf, terms=terms)
+    with pytest.raises(ValueError, match=r"\['constrain'\] need their input"):
+        sec_loss(logits, cues, labels, None, terms=("seed", "constrain"))

@@ -138,3 +138,39 @@ def test_seed_quality_validates():
         sq.update(SEEDS, GT.reshape(4, 2))
     with pytest.raises(ValueError, match="seeds holds label value 9"):
         sq.update(np.full((2, 4), 9), GT)
+
+
+# ---------------------------------------------------------------- background by SEC's saliency rule
+
+
+def test_make_cues_with_a_background_mask_foreground_wins():
+    # The saliency rule marks (0, 0), (0, 2) and (1, 3) background; (0, 0) is class 3's foreground, so it
+    # stays 3 (SEC's released cues: one label per cell). No attention threshold is applied.
+    bg = np.array([[True, False, True, False], [False, False, False, True]])
+    cues = make_cues(ATTN, CLASSES, fg_fraction=0.2, background=bg)
+    np.testing.assert_array_equal(cues, [[3, 3, 0, 7], [255, 255, 7, 0]])
+    # No class present: exactly the mask is background.
+    np.testing.assert_array_equal(
+        make_cues(np.zeros((0, 2, 4)), [], fg_fraction=0.2, background=bg), np.where(bg, 0, 255)
+    )
+
+
+def test_make_cues_needs_exactly_one_background_rule():
+    bg = np.zeros((2, 4), dtype=bool)
+    with pytest.raises(ValueError, match="exactly one"):
+        make_cues(ATTN, CLASSES, fg_fraction=0.2)
+    with pytest.raises(ValueError, match="exactly one"):
+        make_cues(ATTN, CLASSES, fg_fraction=0.2, bg_threshold=0.1, background=bg)
+    with pytest.raises(ValueError, match=r"bool mask of shape \(2, 4\)"):
+        make_cues(ATTN, CLASSES, fg_fraction=0.2, background=np.zeros((2, 4)))
+
+
+def test_seed_quality_splits_labeled_fraction_into_fg_and_bg():
+    # SEEDS vs GT above: 7 non-void pixels; background seeds at (0,0), (1,3); foreground at (0,2), (0,3),
+    # (1,0).
+    sq = SeedQuality(num_classes=3)
+    sq.update(SEEDS, GT)
+    out = sq.compute()
+    assert out["bg_labeled_fraction"] == pytest.approx(2 / 7)
+    assert out["fg_labeled_fraction"] == pytest.approx(3 / 7)
+    assert out["fg_labeled_fraction"] + out["bg_labeled_fraction"] == pytest.approx(out["labeled_fraction"])

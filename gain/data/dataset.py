@@ -77,11 +77,12 @@ class DatasetIndex:
             raise InputError(f"{path}: unreadable dataset index ({e}); re-run the data stage") from e
 
 
-def image_label(root: Path, image_id: str, classes: tuple[str, ...]) -> np.ndarray:
-    """Multi-hot label from Annotations/<id>.xml where present, otherwise from the mask."""
+def image_label(root: Path, image_id: str, classes: tuple[str, ...], *, rule: str = "all") -> np.ndarray:
+    """Multi-hot label from Annotations/<id>.xml where present (`rule`: all | nondifficult objects, see
+    labels_from_xml), otherwise from the mask."""
     xml = root / "Annotations" / f"{image_id}.xml"
     if xml.is_file():
-        return labels_from_xml(xml, classes)
+        return labels_from_xml(xml, classes, rule=rule)
     for folder in ("SegmentationClass", "SegmentationClassAug"):
         png = root / folder / f"{image_id}.png"
         if png.is_file():
@@ -89,16 +90,20 @@ def image_label(root: Path, image_id: str, classes: tuple[str, ...]) -> np.ndarr
     raise InputError(f"{xml}: no annotation XML and no mask for image {image_id}")
 
 
-def build_index(root: Path, source: str, splits: dict[str, list[str]]) -> DatasetIndex:
-    """Index of a VOC-layout root: class names, splits by role and every listed image's label."""
+def build_index(
+    root: Path, source: str, splits: dict[str, list[str]], *, label_rule: str = "all"
+) -> DatasetIndex:
+    """Index of a VOC-layout root: class names, splits by role and every listed image's label (from the XML
+    objects `label_rule` keeps: all | nondifficult)."""
     classes = read_class_names(root)
     ids = sorted({i for ids in splits.values() for i in ids})
-    labels = {i: (np.flatnonzero(image_label(root, i, classes)) + 1).tolist() for i in ids}
+    labels = {i: (np.flatnonzero(image_label(root, i, classes, rule=label_rule)) + 1).tolist() for i in ids}
     return DatasetIndex(root=root, source=source, classes=classes, splits=splits, labels=labels)
 
 
-def synthetic_dataset_index(root: Path) -> DatasetIndex:
-    """The roles of a generated synthetic set: weak training and seed evaluation on train (all have masks)."""
+def synthetic_dataset_index(root: Path, *, label_rule: str = "all") -> DatasetIndex:
+    """The roles of a generated synthetic set: weak training and seed evaluation on train (all have masks).
+    Its XMLs mark no object difficult, so both label rules give the same labels."""
     splits = {
         "weak_train": read_split(root, "train"),
         "seed_eval": read_split(root, "train"),
@@ -107,7 +112,7 @@ def synthetic_dataset_index(root: Path) -> DatasetIndex:
         "bias_object_only": read_split(root, "bias_object_only"),
         "bias_context_only": read_split(root, "bias_context_only"),
     }
-    return build_index(root, "synthetic", splits)
+    return build_index(root, "synthetic", splits, label_rule=label_rule)
 
 
 def mask_path(root: Path, image_id: str) -> Path | None:

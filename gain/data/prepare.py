@@ -38,11 +38,11 @@ def prepare_dataset(p: DataParams, seed: int, out: Path, *, repo: Path) -> tuple
         root = out / "VOC2012"
         cfg = SyntheticConfig(**asdict(p.synthetic), seed=seed)
         extra = generate(root, cfg)
-        index = synthetic_dataset_index(root)
+        index = synthetic_dataset_index(root, label_rule=p.voc_labels)
         index = index.with_meta(bias_class=cfg.bias_class)
     else:
         root, extra = _voc_root(p, repo), {}
-        index, missing = voc_index(root, seed=seed, pixel_labelled=p.voc_pixel_labelled)
+        index, missing = voc_index(root, seed=seed, pixel_labelled=p.voc_pixel_labelled, labels=p.voc_labels)
         extra["train_aug_missing"] = missing
     digest = validate(index)
     return index.with_meta(digest=digest), statistics(index, extra)
@@ -60,17 +60,18 @@ def _voc_root(p: DataParams, repo: Path) -> Path:
     return root.resolve()
 
 
-def voc_index(root: Path, *, seed: int, pixel_labelled: int) -> tuple[DatasetIndex, int]:
+def voc_index(root: Path, *, seed: int, pixel_labelled: int, labels: str = "all") -> tuple[DatasetIndex, int]:
     """Roles of the VOC 2012 devkit: weak training on train_aug (every id of the shipped list whose JPEG the
     devkit has: all 10,582 are in the trainval tar), seed quality on train (1,464 masks), mIoU on val,
-    `pixel_labelled` train images for GAIN_ext. -> (index, number of train_aug ids missing from the devkit)."""
+    `pixel_labelled` train images for GAIN_ext; image labels from the XML objects `labels` keeps (all |
+    nondifficult). -> (index, number of train_aug ids missing from the devkit)."""
     available = {f.stem for f in (root / "JPEGImages").glob("*.jpg")}
     listed = VOC_TRAIN_AUG.read_text().split()
     weak = [i for i in listed if i in available]
     train = read_split(root, "train")
     pixel = sorted(np.random.default_rng(seed).permutation(train)[:pixel_labelled].tolist())
     splits = {"weak_train": weak, "seed_eval": train, "val": read_split(root, "val"), "pixel": pixel}
-    return build_index(root, "voc", splits), len(listed) - len(weak)
+    return build_index(root, "voc", splits, label_rule=labels), len(listed) - len(weak)
 
 
 def _check_image(root: Path, image_id: str, h: hashlib._Hash) -> str | None:

@@ -77,28 +77,71 @@ def torchvision_model(name: str, imagenet: bool) -> nn.Module:
         ) from e
 
 
+def vgg16_trunk(net: nn.Module, *, dilated: bool = False) -> nn.Sequential:
+    """conv1_1..relu5_3 of a torchvision VGG16 (attention on conv5_3, before pool5, as in GAIN); with
+    `dilated`, DeepLab-LargeFOV's changes for output stride 8: pool1-3 3x3 stride 2 pad 1, pool4 3x3
+    stride 1, conv5 dilation 2, and a 3x3 stride-1 pool5 (321 -> 161 -> 81 -> 41 -> 41)."""
+    layers = list(net.features.children())[:30]  # up to relu5_3
+    if dilated:
+        for i in (4, 9, 16):  # pool1-3 as in DeepLab: 3x3, stride 2, pad 1 (321 -> 161 -> 81 -> 41)
+            layers[i] = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
+        layers[23] = nn.MaxPool2d(kernel_size=3, stride=1, padding=1)  # pool4, stride 1
+        for i in (24, 26, 28):  # conv5_x dilation 2
+            layers[i].dilation, layers[i].padding = (2, 2), (2, 2)
+        layers.append(nn.MaxPool2d(kernel_size=3, stride=1, padding=1))  # pool5, stride 1
+    return nn.Sequential(*layers)
+
+
+def decimate_vgg16_fc(
+    state: dict[str, torch.Tensor], *, in_channels: int = 512, keep_every: int = 4, spatial_every: int = 3
+) -> dict[str, torch.Tensor]:
+    """DeepLab's vgg16_20M surgery: VGG16's fully connected fc6/fc7 as LargeFOV's convolutions.
+
+    state: a torchvision VGG16 state_dict (classifier.0 = fc6 (4096, 512*7*7), classifier.3 = fc7
+    (4096, 4096)). fc6 becomes a conv (4096, 512, 7, 7), decimated - every `spatial_every`-th kernel tap
+    (rows/columns 0, 3, 6: a 3x3 kernel, whose dilation 12 at stride 8 spans the 7x7 window at stride 32
+    that fc6 saw) and every `keep_every`-th filter (0, 4, 8, ...: 1024); fc7 keeps the same every-4th
+    outputs and, as inputs, the fc6 filters that were kept (1024 x 1024, 1x1). DeepLab (Chen et al., ICLR
+    2015, Sec. 3.1 and 4.1) subsamples "by simple decimation"; the SSD authors' reduced VGG16 followed the
+    same recipe. -> {"fc6.weight", "fc6.bias", "fc7.weight", "fc7.bias"}.
+    """
+    try:
+        w6, b6 = state["classifier.0.weight"], state["classifier.0.bias"]
+        w7, b7 = state["classifier.3.weight"], state["classifier.3.bias"]
+    except KeyError as e:
+        raise WeightsError(
+            f"VGG16 state_dict has no {e.args[0]!r} (fc6 = classifier.0, fc7 = classifier.3)"
+        ) from e
+    out6, flat = w6.shape
+    k = round((flat / in_channels) ** 0.5)
+    if in_channels * k * k != flat or w7.shape != (w7.shape[0], out6) or b6.shape != (out6,):
+        raise WeightsError(
+            f"VGG16 fc6 {tuple(w6.shape)} / fc7 {tuple(w7.shape)} do not fit {in_channels}-channel "
+            "k x k features followed by fc7 on fc6's outputs"
+        )
+    keep = slice(None, None, keep_every)
+    tap = slice(None, None, spatial_every)
+    conv6 = w6.reshape(out6, in_channels, k, k)[keep, :, tap, tap]
+    return {
+        "fc6.weight": conv6.contiguous(),
+        "fc6.bias": b6[keep].contiguous(),
+        "fc7.weight": w7[keep, keep][:, :, None, None].contiguous(),
+        "fc7.bias": b7[keep].contiguous(),
+    }
+
+
 def build_trunk(name: str, weights: str = "none", *, dilated: bool = False) -> tuple[nn.Module, int]:
     """Feature trunk and its channel count.
 
-    vgg16: conv1_1..relu5_3 (attention on conv5_3, before pool5, as in GAIN); with `dilated`, DeepLab-LargeFOV
-    changes (pool4 stride 1, conv5 dilation 2, 3x3 stride-1 pool5) for output stride 8.
-    resnet50: conv1..layer4. `weights`: none | imagenet (torchvision's cache) | path to a state_dict.
+    vgg16: `vgg16_trunk` (dilated: DeepLab-LargeFOV's output stride 8). resnet50: conv1..layer4.
+    `weights`: none | imagenet (torchvision's cache) | path to a state_dict.
     """
     if name == "small":
         if weights == "imagenet":
             raise ValueError("weights: the small backbone has no ImageNet weights; use none or a path")
         trunk, ch = SmallTrunk(), SmallTrunk.out_channels
     elif name == "vgg16":
-        feats = torchvision_model("vgg16", weights == "imagenet").features
-        layers = list(feats.children())[:30]  # up to relu5_3
-        if dilated:
-            for i in (4, 9, 16):  # pool1-3 as in DeepLab: 3x3, stride 2, pad 1 (321 -> 161 -> 81 -> 41)
-                layers[i] = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
-            layers[23] = nn.MaxPool2d(kernel_size=3, stride=1, padding=1)  # pool4, stride 1
-            for i in (24, 26, 28):  # conv5_x dilation 2
-                layers[i].dilation, layers[i].padding = (2, 2), (2, 2)
-            layers.append(nn.MaxPool2d(kernel_size=3, stride=1, padding=1))  # pool5, stride 1
-        trunk, ch = nn.Sequential(*layers), 512
+        trunk, ch = vgg16_trunk(torchvision_model("vgg16", weights == "imagenet"), dilated=dilated), 512
     elif name == "resnet50":
         net = torchvision_model("resnet50", weights == "imagenet")
         trunk = nn.Sequential(

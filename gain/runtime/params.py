@@ -56,6 +56,7 @@ class DataParams:
     voc_urls: tuple[str, ...]
     voc_md5: str
     voc_pixel_labelled: int = _range(0, 1464)
+    voc_labels: Literal["all", "nondifficult"] = _range()
     synthetic: SyntheticParams = _range()
 
 
@@ -84,6 +85,9 @@ class GainParams:
 @dataclass(frozen=True)
 class SeedsParams:
     fg_fraction: float = _range(0.0, 1.0)
+    background: Literal["saliency", "attention"] = _range()
+    saliency_at: Literal["image", "stride8"] = _range()
+    bg_fraction: float = _range(0.0, 1.0)
     bg_threshold: float = _range(0.0, 1.0)
     conflict: Literal["max", "ignore"] = _range()
     flip: bool = _range()
@@ -93,6 +97,8 @@ class SeedsParams:
 class SecParams:
     backbone: Literal["small", "vgg16"]
     init: Literal["gain", "imagenet", "none"]
+    augment: Literal["none", "scale_crop_flip"]
+    losses: tuple[Literal["seed", "expand", "constrain"], ...]
     input_size: int = _range(32, 1024)
     batch_size: int = _range(1)
     iterations: int = _range(1)
@@ -105,6 +111,8 @@ class SecParams:
     min_prob: float = _range(0.0, 0.1)
     crf_scale: float = _range(0.01)
     eval_every: int = _range(1)
+    select: Literal["last", "heldout"] = _range()
+    heldout_fraction: float = _range(0.0, 0.5)
 
 
 @dataclass(frozen=True)
@@ -200,6 +208,15 @@ def _convert(value, tp, key: str, meta) -> object:
     if origin is tuple:
         if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
             raise ParamsError(f"{key}: expected a list of strings, got {value!r}")
+        item = typing.get_args(tp)[0]
+        if typing.get_origin(item) is Literal:  # a list of choices: non-empty, each allowed, no repeats
+            allowed = typing.get_args(item)
+            bad = [v for v in value if v not in allowed]
+            if not value or bad or len(set(value)) != len(value):
+                raise ParamsError(
+                    f"{key}: {list(value)!r} is not allowed; choose a non-empty list of distinct values "
+                    f"from {', '.join(allowed)}"
+                )
         return tuple(value)
     if tp is bool:
         if not isinstance(value, bool):
@@ -256,6 +273,11 @@ def parse_params(raw: dict, source: str = "params.yaml") -> Params:
         raise ParamsError(
             f"{source}: data.synthetic.bias_class: {syn.bias_class} is out of range; "
             f"allowed [1, data.synthetic.num_classes={syn.num_classes}]"
+        )
+    if params.sec.select == "heldout" and params.sec.heldout_fraction <= 0:
+        raise ParamsError(
+            f"{source}: sec.heldout_fraction: must be > 0 when sec.select is heldout, got "
+            f"{params.sec.heldout_fraction}"
         )
     if syn.pixel_labelled > syn.n_train:
         raise ParamsError(

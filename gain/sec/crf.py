@@ -1,7 +1,11 @@
-"""Fully connected CRF (Krähenbühl & Koltun 2011) over softmax probabilities, as SEC uses it.
+"""Fully connected CRF (Krähenbühl & Koltun 2011) over class scores, as SEC uses it.
 
 SEC's constrain loss compares the network output f with Q = CRF(image, f) at the 41x41 output resolution, and
-its test-time post-processing runs the same CRF on the full image. The pairwise terms follow SEC's release:
+its test-time post-processing runs the same CRF on the full image. The unary is -log p, with log p given
+by the caller: during training SEC feeds the raw fc8 scores (equivalently the unfloored log-softmax: a
+per-pixel constant does not change the mean-field result), so a confident prediction keeps its whole
+margin; at test time its demo floors the upsampled probabilities at 1e-5 first (gain.sec.evaluate).
+The pairwise terms follow SEC's release:
 a Gaussian (smoothness) kernel with spatial std 3/s and weight 3, and a bilateral (appearance) kernel with
 spatial std 80/s, colour std 13 and weight 10, both Potts, 10 mean-field iterations. Only the spatial std is
 divided by s: s = 12 on the 41x41 training grid, s = 1 at test time.
@@ -17,9 +21,6 @@ from dataclasses import dataclass, fields
 
 import numpy as np
 import pydensecrf.densecrf as dcrf
-
-# Probabilities are clipped here before the log, so a zero probability gives a finite unary of ~11.5.
-PROB_FLOOR = 1e-5
 
 
 @dataclass(frozen=True)
@@ -47,25 +48,28 @@ class CRFParams:
                 raise ValueError(f"CRFParams.{f.name} must be > 0, got {value!r}")
 
 
-def _check_pair(image: np.ndarray, probs: np.ndarray) -> None:
-    """Raise ValueError unless image is (H, W, 3) C-contiguous uint8 and probs is (C, H, W) float32."""
+def _check_pair(image: np.ndarray, log_probs: np.ndarray) -> None:
+    """Raise ValueError unless image is (H, W, 3) C-contiguous uint8 and the scores are finite (C, H, W)
+    float32."""
     if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3:
         raise ValueError(f"image must be an (H, W, 3) array, got shape {np.shape(image)}")
     if image.dtype != np.uint8:
         raise ValueError(f"image must be uint8 RGB, got dtype {image.dtype}")
     if not image.flags.c_contiguous:
         raise ValueError("image must be C-contiguous (pass np.ascontiguousarray(image))")
-    if not isinstance(probs, np.ndarray) or probs.ndim != 3:
-        raise ValueError(f"probs must be a (C, H, W) array, got shape {np.shape(probs)}")
-    if probs.dtype != np.float32:
-        raise ValueError(f"probs must be float32, got dtype {probs.dtype}")
-    if probs.shape[1:] != image.shape[:2]:
+    if not isinstance(log_probs, np.ndarray) or log_probs.ndim != 3:
+        raise ValueError(f"log_probs must be a (C, H, W) array, got shape {np.shape(log_probs)}")
+    if log_probs.dtype != np.float32:
+        raise ValueError(f"log_probs must be float32, got dtype {log_probs.dtype}")
+    if log_probs.shape[1:] != image.shape[:2]:
         raise ValueError(
-            f"probs (C, H, W) = {probs.shape} and image (H, W, 3) = {image.shape} differ in (H, W): "
-            f"{probs.shape[1:]} vs {image.shape[:2]}"
+            f"log_probs (C, H, W) = {log_probs.shape} and image (H, W, 3) = {image.shape} differ in (H, W): "
+            f"{log_probs.shape[1:]} vs {image.shape[:2]}"
         )
-    if probs.shape[0] < 1 or probs.shape[1] < 1 or probs.shape[2] < 1:
-        raise ValueError(f"probs must have at least one class and one pixel, got shape {probs.shape}")
+    if log_probs.shape[0] < 1 or log_probs.shape[1] < 1 or log_probs.shape[2] < 1:
+        raise ValueError(f"log_probs must have at least one class and one pixel, got shape {log_probs.shape}")
+    if not np.isfinite(log_probs).all():
+        raise ValueError("log_probs must be finite (floor probabilities before taking their log)")
 
 
 def _check_scale(scale: float) -> None:
@@ -74,21 +78,23 @@ def _check_scale(scale: float) -> None:
 
 
 def dense_crf(
-    image: np.ndarray, probs: np.ndarray, *, scale: float, params: CRFParams = CRFParams()
+    image: np.ndarray, log_probs: np.ndarray, *, scale: float, params: CRFParams = CRFParams()
 ) -> np.ndarray:
     """Mean-field marginals Q (C, H, W) float32 of a dense CRF; each pixel's Q sums to 1.
 
-    image: (H, W, 3) uint8 RGB, C-contiguous. probs: (C, H, W) float32 softmax probabilities.
-    Unary: -log(max(probs, 1e-5)). Pairwise (Potts): gauss_compat * k(p_i - p_j; gauss_sxy / scale) and
+    image: (H, W, 3) uint8 RGB, C-contiguous. log_probs: (C, H, W) float32 finite class scores, e.g. the
+    log-softmax of the logits. Unary: -log_probs, no floor (any per-pixel constant added to the scores
+    leaves Q unchanged, so raw logits give the same Q). Pairwise (Potts):
+    gauss_compat * k(p_i - p_j; gauss_sxy / scale) and
     bilateral_compat * k(p_i - p_j; bilateral_sxy / scale) * k(I_i - I_j; bilateral_srgb), k a Gaussian with
-    that std, normalised symmetrically (pydensecrf's default). Each iteration: Q <- softmax(-U + sum_m w_m K_m Q),
-    where the kernel sum runs over all j including i itself. The kernels are evaluated on a permutohedral
+    that std, normalised symmetrically (pydensecrf's default). Each iteration:
+    Q <- softmax(-U + sum_m w_m K_m Q), where the kernel sum runs over all j including i itself. The kernels are evaluated on a permutohedral
     lattice, an approximation of the exact Gaussians (see tests/test_crf.py for how close).
     """
-    _check_pair(image, probs)
+    _check_pair(image, log_probs)
     _check_scale(scale)
-    c, h, w = probs.shape
-    unary = -np.log(np.maximum(probs, PROB_FLOOR)).reshape(c, h * w)  # (C, N), N = H * W, row-major
+    c, h, w = log_probs.shape
+    unary = -log_probs.reshape(c, h * w)  # (C, N), N = H * W, row-major
     crf = dcrf.DenseCRF2D(w, h, c)
     crf.setUnaryEnergy(np.ascontiguousarray(unary, dtype=np.float32))
     crf.addPairwiseGaussian(sxy=params.gauss_sxy / scale, compat=params.gauss_compat)
@@ -102,38 +108,38 @@ def dense_crf(
     return q.reshape(c, h, w)
 
 
-def _dense_crf_task(image: np.ndarray, probs: np.ndarray, scale: float, params: CRFParams) -> np.ndarray:
+def _dense_crf_task(image: np.ndarray, log_probs: np.ndarray, scale: float, params: CRFParams) -> np.ndarray:
     """Module-level (hence picklable) worker entry point."""
-    return dense_crf(image, probs, scale=scale, params=params)
+    return dense_crf(image, log_probs, scale=scale, params=params)
 
 
-def _check_batch(images: np.ndarray, probs: np.ndarray, scale: float) -> None:
+def _check_batch(images: np.ndarray, log_probs: np.ndarray, scale: float) -> None:
     """Validate a batch in the caller's process, so errors surface at the call and not in a worker."""
     if not isinstance(images, np.ndarray) or images.ndim != 4:
         raise ValueError(f"images must be a (B, H, W, 3) array, got shape {np.shape(images)}")
-    if not isinstance(probs, np.ndarray) or probs.ndim != 4:
-        raise ValueError(f"probs must be a (B, C, H, W) array, got shape {np.shape(probs)}")
-    if images.shape[0] != probs.shape[0]:
-        raise ValueError(f"batch sizes differ: images {images.shape} vs probs {probs.shape}")
+    if not isinstance(log_probs, np.ndarray) or log_probs.ndim != 4:
+        raise ValueError(f"log_probs must be a (B, C, H, W) array, got shape {np.shape(log_probs)}")
+    if images.shape[0] != log_probs.shape[0]:
+        raise ValueError(f"batch sizes differ: images {images.shape} vs log_probs {log_probs.shape}")
     if not images.flags.c_contiguous:
         raise ValueError("images must be C-contiguous (pass np.ascontiguousarray(images))")
     _check_scale(scale)
-    for image, prob in zip(images, probs, strict=True):
-        _check_pair(image, prob)
+    for image, log_prob in zip(images, log_probs, strict=True):
+        _check_pair(image, log_prob)
 
 
-def _stack(items: list[np.ndarray], probs: np.ndarray) -> np.ndarray:
+def _stack(items: list[np.ndarray], log_probs: np.ndarray) -> np.ndarray:
     """(B, C, H, W) float32 from B (C, H, W) results; an empty batch keeps the input's shape."""
     if not items:
-        return np.empty(probs.shape, dtype=np.float32)
+        return np.empty(log_probs.shape, dtype=np.float32)
     return np.stack(items)
 
 
 class CRFResult:
     """A batch of CRF marginals that may still be computing; `get()` waits and returns (B, C, H, W) float32."""
 
-    def __init__(self, probs: np.ndarray, pending=None, done: np.ndarray | None = None):
-        self._probs = probs
+    def __init__(self, log_probs: np.ndarray, pending=None, done: np.ndarray | None = None):
+        self._probs = log_probs
         self._pending = pending  # multiprocessing AsyncResult of a list of (C, H, W) arrays
         self._done = done
 
@@ -171,19 +177,23 @@ class CRFPool:
             self._pool.join()
             self._pool = None
 
-    def submit(self, images: np.ndarray, probs: np.ndarray, scale: float) -> CRFResult:
+    def submit(self, images: np.ndarray, log_probs: np.ndarray, scale: float) -> CRFResult:
         """Start the CRF on a batch and return at once (inline: compute now); `.get()` gives (B, C, H, W).
 
-        images: (B, H, W, 3) uint8 RGB, C-contiguous. probs: (B, C, H, W) float32 softmax probabilities.
+        images: (B, H, W, 3) uint8 RGB, C-contiguous. log_probs: (B, C, H, W) float32 log-probabilities (the
+        unary is their negative, see `dense_crf`).
         """
-        _check_batch(images, probs, scale)
-        tasks = [(image, prob, scale, self.params) for image, prob in zip(images, probs, strict=True)]
+        _check_batch(images, log_probs, scale)
+        tasks = [
+            (image, log_prob, scale, self.params) for image, log_prob in zip(images, log_probs, strict=True)
+        ]
         if self.processes == 0:
-            return CRFResult(probs, done=_stack([_dense_crf_task(*t) for t in tasks], probs))
+            return CRFResult(log_probs, done=_stack([_dense_crf_task(*t) for t in tasks], log_probs))
         if self._pool is None:
             raise RuntimeError("CRFPool is closed")
-        return CRFResult(probs, pending=self._pool.starmap_async(_dense_crf_task, tasks, chunksize=1))
+        return CRFResult(log_probs, pending=self._pool.starmap_async(_dense_crf_task, tasks, chunksize=1))
 
-    def map(self, images: np.ndarray, probs: np.ndarray, scale: float) -> np.ndarray:
-        """`dense_crf` on every item of a batch: (B, H, W, 3) uint8 and (B, C, H, W) float32 -> (B, C, H, W)."""
-        return self.submit(images, probs, scale).get()
+    def map(self, images: np.ndarray, log_probs: np.ndarray, scale: float) -> np.ndarray:
+        """`dense_crf` on every item of a batch: (B, H, W, 3) uint8 images and (B, C, H, W) float32
+        log-probabilities -> (B, C, H, W) marginals."""
+        return self.submit(images, log_probs, scale).get()

@@ -16,20 +16,32 @@ from gain.runtime.engine import Runtime, eval_loader
 from gain.sec.crf import CRFPool
 
 TEST_CRF_SCALE = 1.0  # SEC's test-time CRF runs on the full image: spatial stds not divided
+TEST_PROB_FLOOR = 1e-5  # SEC's demo floors the upsampled probabilities before the log of the CRF unary
 
 
 @torch.no_grad()
 def predict(model, dataset: VOCDataset, rt: Runtime, *, batch_size: int = 8):
-    """Yield (item, probs (C, H, W) float32 at the image's original resolution): probabilities upsampled,
-    argmax left to the caller. dataset: a VOCDataset with keep_original=True."""
+    """Yield (item, probs (C, H, W) float32 at the image's original resolution), argmax left to the caller.
+    As SEC's deploy/demo.py: softmax at the output resolution, then the probabilities (not the logits)
+    zoomed bilinearly, with the corner pixels aligned (scipy's zoom, order 1) when the network's grid spans
+    its input corner to corner (`model.align_corners`: VGG16-LargeFOV at 321), else at half-pixel centres
+    (the small trunk). dataset: a VOCDataset with keep_original=True."""
     model.eval()
     for batch in eval_loader(dataset, batch_size):
         with rt.autocast():
             logits = model(rt.to_device(batch["image"])).float()
-        for b in range(logits.shape[0]):
+        probs = torch.softmax(logits, dim=1)  # (B, C, h, w)
+        for b in range(probs.shape[0]):
             h, w = batch["orig_mask"][b].shape
-            up = F.interpolate(logits[b : b + 1], size=(h, w), mode="bilinear", align_corners=False)
-            yield {k: v[b] for k, v in batch.items()}, torch.softmax(up[0], dim=0).cpu().numpy()
+            up = F.interpolate(
+                probs[b : b + 1], size=(h, w), mode="bilinear", align_corners=model.align_corners
+            )
+            yield {k: v[b] for k, v in batch.items()}, up[0].cpu().numpy()
+
+
+def crf_unary(probs: np.ndarray) -> np.ndarray:
+    """The test-time CRF's log-probabilities from upsampled probabilities: log(max(p, 1e-5)), float32."""
+    return np.log(np.maximum(probs, TEST_PROB_FLOOR)).astype(np.float32)
 
 
 @dataclass
@@ -75,7 +87,7 @@ def evaluate_segmenter(
             example = {"item": item, "pred": pred, "crf_pred": None}
             scores.examples.append(example)
         if crf_pool is not None:
-            job = crf_pool.submit(item["orig_image"][None], probs[None].astype(np.float32), TEST_CRF_SCALE)
+            job = crf_pool.submit(item["orig_image"][None], crf_unary(probs)[None], TEST_CRF_SCALE)
             pending.append((gt, job, example))
             while len(pending) > 2 * max(crf_pool.processes, 1):
                 finish()

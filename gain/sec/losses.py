@@ -156,29 +156,43 @@ def constrain_loss(probs: Tensor, crf_probs: Tensor, *, min_prob: float = MIN_PR
     return (q * (torch.log(q) - torch.log(probs))).sum(dim=1).mean()
 
 
+TERMS = ("seed", "expand", "constrain")
+
+
 def sec_loss(
     logits: Tensor,
-    cues: Tensor,
-    labels: Tensor,
-    crf_probs: Tensor,
+    cues: Tensor | None,
+    labels: Tensor | None,
+    crf_probs: Tensor | None,
     *,
+    terms: tuple[str, ...] = TERMS,
     weights: tuple[float, float, float] = (1.0, 1.0, 1.0),
     d_fg: float = 0.996,
     d_bg: float = 0.999,
     min_prob: float = MIN_PROB,
 ) -> dict[str, Tensor]:
-    """SEC objective: w_s L_seed + w_e L_expand + w_c L_constrain on f = sec_probs(logits).
+    """SEC objective: w_s L_seed + w_e L_expand + w_c L_constrain on f = sec_probs(logits), over `terms`.
 
     logits: (B, C, h, w); cues: (B, h, w) long with 255 = no cue; labels: (B, C-1) multi-hot foreground image
-    labels; crf_probs: (B, C, h, w) dense-CRF output Q. Returns scalars under "seed", "expand", "constrain" and
-    "total" (the weighted sum; SEC uses weights 1, 1, 1).
+    labels; crf_probs: (B, C, h, w) dense-CRF output Q. `terms`: a non-empty subset of ("seed", "expand",
+    "constrain") - SEC's loss ablation; a term left out is not computed and its input may be None. Returns
+    a scalar for each computed term under its name, and "total", the weighted sum (SEC: weights 1, 1, 1).
     """
     if len(weights) != 3:
         raise ValueError(f"weights must be (seed, expand, constrain); got {weights!r}")
+    if not terms or any(t not in TERMS for t in terms) or len(set(terms)) != len(terms):
+        raise ValueError(f"terms must be a non-empty subset of {TERMS} without repeats; got {terms!r}")
+    inputs = {"seed": cues, "expand": labels, "constrain": crf_probs}
+    missing = [t for t in terms if inputs[t] is None]
+    if missing:
+        raise ValueError(f"loss terms {missing} need their input (cues, labels, crf_probs), got None")
     probs = sec_probs(logits, min_prob)
-    seed = seeding_loss(probs, cues)
-    expand = expansion_loss(probs, labels, d_fg=d_fg, d_bg=d_bg)
-    constrain = constrain_loss(probs, crf_probs, min_prob=min_prob)
-    w_seed, w_expand, w_constrain = weights
-    total = w_seed * seed + w_expand * expand + w_constrain * constrain
-    return {"seed": seed, "expand": expand, "constrain": constrain, "total": total}
+    compute = {
+        "seed": lambda: seeding_loss(probs, cues),
+        "expand": lambda: expansion_loss(probs, labels, d_fg=d_fg, d_bg=d_bg),
+        "constrain": lambda: constrain_loss(probs, crf_probs, min_prob=min_prob),
+    }
+    weight = dict(zip(TERMS, weights, strict=True))
+    out = {t: compute[t]() for t in TERMS if t in terms}
+    out["total"] = sum(weight[t] * v for t, v in out.items())
+    return out

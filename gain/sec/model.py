@@ -9,48 +9,85 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from gain.models.backbones import build_trunk
+from gain.models.backbones import build_trunk, decimate_vgg16_fc, torchvision_model, vgg16_trunk
 from gain.runtime.checkpoint import load_checkpoint
 from gain.runtime.errors import InputError
 from gain.runtime.params import SecParams
 
 
 class LargeFOV(nn.Module):
-    """DeepLab-LargeFOV: trunk (output stride 8) + fc6 3x3 dilated + fc7 1x1 + fc8 1x1, dropout 0.5.
+    """DeepLab-LargeFOV as SEC trains it (training/train.prototxt): trunk (output stride 8) -> pool5a (3x3
+    average, stride 1, pad 1) -> fc6 (3x3 dilated) -> ReLU -> dropout 0.5 -> fc7 (1x1) -> ReLU -> dropout
+    0.5 -> fc8 (1x1, N(0, 0.01) weights, zero bias). Dropout is element-wise (Caffe's Dropout layer).
 
-    vgg16: fc6 dilation 12 with 1024 channels, 41x41 output at 321 input (SEC). small: the same head with
-    256 channels and dilation 4, scaled to its 14x14 output.
+    vgg16: fc6 dilation 12 with 1024 channels, 41x41 output at 321 input (SEC); weights="imagenet" starts
+    the trunk from ImageNet VGG16 and fc6/fc7 from its decimated fully connected layers (DeepLab's
+    vgg16_20M), so only fc8 is random. small: the same head with 256 channels and dilation 4, scaled to its
+    14x14 output.
+
+    `align_corners`: where the output cells sit on the input. DeepLab's padded 3x3 stride-2 pools put cell i
+    on input pixel 8i, so at its 8k+1 input sizes (321 -> 41) the grid spans the image corner to corner, as
+    SEC's zooms assume (True). The small trunk's stride-2 conv and 2x2 pools put cell i on pixel 8i + 3,
+    the half-pixel convention of an 8k input (False). Resampling between the input and the output grid
+    (cues, the CRF's image, the test-time probabilities) follows it.
     """
 
     def __init__(self, backbone: str, num_classes: int, weights: str = "none"):
         super().__init__()
+        fc_state = None
+        self.align_corners = backbone == "vgg16"
         if backbone == "vgg16":
-            self.trunk, ch = build_trunk("vgg16", weights, dilated=True)
+            if weights == "imagenet":  # one load of the ImageNet net: its conv layers and its fc6/fc7
+                net = torchvision_model("vgg16", True)
+                self.trunk, ch = vgg16_trunk(net, dilated=True), 512
+                fc_state = decimate_vgg16_fc(net.state_dict())
+            else:
+                self.trunk, ch = build_trunk("vgg16", weights, dilated=True)
             width, dilation = 1024, 12
         elif backbone == "small":
             self.trunk, ch = build_trunk("small", weights)
             width, dilation = 256, 4
         else:
             raise ValueError(f"sec.backbone: unknown {backbone!r}; choose small or vgg16")
+        # Caffe's AVE pooling with pad divides by the full 3x3 window (count_include_pad, the default here).
+        self.pool5a = nn.AvgPool2d(kernel_size=3, stride=1, padding=1)
         self.fc6 = nn.Conv2d(ch, width, kernel_size=3, padding=dilation, dilation=dilation)
         self.fc7 = nn.Conv2d(width, width, kernel_size=1)
         self.fc8 = nn.Conv2d(width, num_classes, kernel_size=1)
-        self.drop = nn.Dropout2d(0.5)
+        self.drop6 = nn.Dropout(0.5)
+        self.drop7 = nn.Dropout(0.5)
         nn.init.normal_(self.fc8.weight, std=0.01)
         nn.init.zeros_(self.fc8.bias)
+        if fc_state is not None:
+            with torch.no_grad():
+                for module, key in ((self.fc6, "fc6"), (self.fc7, "fc7")):
+                    module.weight.copy_(fc_state[f"{key}.weight"])
+                    module.bias.copy_(fc_state[f"{key}.bias"])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) -> logits (B, C, H/8, W/8)."""
-        f = self.trunk(x)
-        f = self.drop(F.relu(self.fc6(f)))
-        f = self.drop(F.relu(self.fc7(f)))
+        f = self.pool5a(self.trunk(x))
+        f = self.drop6(F.relu(self.fc6(f)))
+        f = self.drop7(F.relu(self.fc7(f)))
         return self.fc8(f)
 
     def param_groups(self, weight_decay: float) -> list[dict]:
-        """SEC's multipliers (`lr_mult`): trunk/fc6/fc7 x1; fc8 weights x10, fc8 bias x20 (no decay on biases)."""
-        base = list(self.trunk.parameters()) + list(self.fc6.parameters()) + list(self.fc7.parameters())
+        """SEC's Caffe multipliers (`lr_mult`, `decay_mult`): every convolution's weights x1 with weight
+        decay and its bias x2 without; fc8's weights x10 and bias x20 (no decay). BatchNorm's affine
+        parameters (the small trunk only; Caffe's VGG has none) train at x1 with decay."""
+        conv_biases = {
+            id(m.bias)
+            for m in [*self.trunk.modules(), self.fc6, self.fc7]
+            if isinstance(m, nn.Conv2d) and m.bias is not None
+        }
+        rest = [*self.trunk.parameters(), *self.fc6.parameters(), *self.fc7.parameters()]
         return [
-            {"params": base, "weight_decay": weight_decay, "lr_mult": 1},
+            {
+                "params": [q for q in rest if id(q) not in conv_biases],
+                "weight_decay": weight_decay,
+                "lr_mult": 1,
+            },
+            {"params": [q for q in rest if id(q) in conv_biases], "weight_decay": 0.0, "lr_mult": 2},
             {"params": [self.fc8.weight], "weight_decay": weight_decay, "lr_mult": 10},
             {"params": [self.fc8.bias], "weight_decay": 0.0, "lr_mult": 20},
         ]

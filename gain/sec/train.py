@@ -11,37 +11,67 @@ from torch.nn import functional as F
 from torch.nn.parallel import DistributedDataParallel
 
 from gain.data.dataset import DatasetIndex, VOCDataset
-from gain.data.transforms import denormalize, eval_preset, train_preset
+from gain.data.heldout import carve_heldout
+from gain.data.transforms import Compose, denormalize, eval_preset, train_preset
 from gain.runtime.engine import FitResult, Loop, Runtime, Schedule, fit, sgd, unwrap
 from gain.runtime.params import RuntimeParams, SecParams
 from gain.sec.crf import CRFPool
 from gain.sec.evaluate import evaluate_segmenter
-from gain.sec.losses import sec_loss, sec_probs
+from gain.sec.losses import sec_loss
 from gain.sec.model import LargeFOV, build_sec
 
 
-def downscale_cues(cues: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """(B, H, W) long seed maps -> (B, h, w) by nearest neighbour, so unlabeled (255) stays unlabeled."""
-    return F.interpolate(cues[:, None].float(), size=size, mode="nearest")[:, 0].long()
+def cell_pixels(n_in: int, n_out: int, *, align_corners: bool) -> torch.Tensor:
+    """(n_out,) long: the input pixel under each output cell's centre, corner-aligned (i (n_in - 1) /
+    (n_out - 1)) or half-pixel ((i + 0.5) n_in / n_out - 0.5), rounded to the nearest pixel."""
+    i = torch.arange(n_out, dtype=torch.float64)
+    if align_corners:
+        pos = i * (n_in - 1) / max(n_out - 1, 1)
+    else:
+        pos = (i + 0.5) * n_in / n_out - 0.5
+    return torch.floor(pos + 0.5).long().clamp(0, n_in - 1)
 
 
-def downscale_images(x: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
-    """(B, 3, H, W) normalised -> (B, h, w, 3) uint8 images for the CRF at output resolution."""
-    small = F.interpolate(x.float(), size=size, mode="bilinear", align_corners=False)
+def downscale_cues(cues: torch.Tensor, size: tuple[int, int], *, align_corners: bool = True) -> torch.Tensor:
+    """(B, H, W) long seed maps -> (B, h, w): each cell takes the cue under its centre (`cell_pixels`), so
+    unlabeled (255) stays unlabeled and no cue moves by part of a cell."""
+    rows = cell_pixels(cues.shape[-2], size[0], align_corners=align_corners).to(cues.device)
+    cols = cell_pixels(cues.shape[-1], size[1], align_corners=align_corners).to(cues.device)
+    return cues[:, rows][:, :, cols]
+
+
+def downscale_images(x: torch.Tensor, size: tuple[int, int], *, align_corners: bool = True) -> np.ndarray:
+    """(B, 3, H, W) normalised -> (B, h, w, 3) uint8 images for the CRF at output resolution, zoomed
+    bilinearly; corner-aligned (the default) as SEC's CRF layer does (scipy's zoom, order 1)."""
+    small = F.interpolate(x.float(), size=size, mode="bilinear", align_corners=align_corners)
     return np.ascontiguousarray(np.stack([denormalize(s) for s in small.cpu()]))
 
 
 def sec_step_losses(net, batch: dict, pool: CRFPool, p: SecParams, rt: Runtime) -> dict:
-    """One SEC step's losses: forward, Q = CRF(image at output size, f) in the worker pool (no gradient
-    through it), seeds at output resolution, then seed/expand/constrain (gain.sec.losses.sec_loss)."""
+    """One SEC step's losses over `p.losses`: forward; for "constrain", Q = CRF(image at output size,
+    log-softmax of the output) in the worker pool (no gradient through it, no floor on the unary: SEC feeds
+    the raw fc8 scores); seeds at output resolution; then gain.sec.losses.sec_loss. Terms left out of
+    `p.losses` are not computed (no CRF without the constrain term)."""
     logits = net(rt.to_device(batch["image"])).float()
     size = tuple(logits.shape[-2:])
-    probs = sec_probs(logits.detach(), p.min_prob).cpu().numpy().astype(np.float32)
-    crf = pool.map(downscale_images(batch["image"], size), probs, p.crf_scale)
-    cues = downscale_cues(batch["mask"], size).to(rt.device)
-    labels = batch["label"].to(rt.device)
-    crf = torch.from_numpy(crf).to(rt.device)
-    return sec_loss(logits, cues, labels, crf, d_fg=p.d_fg, d_bg=p.d_bg, min_prob=p.min_prob)
+    align = unwrap(net).align_corners  # how the network's output grid sits on its input
+    crf = cues = labels = None
+    if "constrain" in p.losses:
+        log_probs = torch.log_softmax(logits.detach(), dim=1).cpu().numpy().astype(np.float32)
+        q = pool.map(downscale_images(batch["image"], size, align_corners=align), log_probs, p.crf_scale)
+        crf = torch.from_numpy(q).to(rt.device)
+    if "seed" in p.losses:
+        cues = downscale_cues(batch["mask"], size, align_corners=align).to(rt.device)
+    if "expand" in p.losses:
+        labels = batch["label"].to(rt.device)
+    return sec_loss(logits, cues, labels, crf, terms=p.losses, d_fg=p.d_fg, d_bg=p.d_bg, min_prob=p.min_prob)
+
+
+def train_transform(p: SecParams) -> Compose:
+    """SEC's input (`augment: none`): every image resized to input_size, no mirror, no crop, so no labelled
+    object is ever cropped away while the expansion loss still asks for it; `scale_crop_flip`: random
+    scale 0.8-1.25, crop and horizontal flip."""
+    return eval_preset(p.input_size) if p.augment == "none" else train_preset(p.input_size)
 
 
 def train_sec(
@@ -57,25 +87,41 @@ def train_sec(
     ckpt_dir: Path,
     fingerprint: str,
 ) -> tuple[FitResult, LargeFOV]:
-    """Train SEC on the seed maps in `seeds_dir`; -> (FitResult, the network with the shipped weights)."""
+    """Train SEC on the seed maps in `seeds_dir`; -> (FitResult, the network with the shipped weights).
+
+    `p.select`: "last" ships the last step (SEC); "heldout" carves `p.heldout_fraction` of the training ids
+    that have masks (the seed-evaluation role) out of training and ships the evaluation step with the best
+    mIoU on them (`heldout_miou`). The val mIoU of every evaluation is a monitoring curve either way.
+    """
     model = build_sec(p, index.num_classes, gain_model).to(rt.device)
     if rt.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    train_set = VOCDataset(
-        index, index.splits["weak_train"], train_preset(p.input_size), seed=seed, mask_root=seeds_dir
-    )
+    train_ids, heldout_ids = index.splits["weak_train"], []
+    if p.select == "heldout":
+        train_ids, heldout_ids = carve_heldout(
+            train_ids, p.heldout_fraction, seed, eligible=index.splits["seed_eval"], what="ids with masks"
+        )
+    train_set = VOCDataset(index, train_ids, train_transform(p), seed=seed, mask_root=seeds_dir)
     val_set = VOCDataset(index, index.splits["val"], eval_preset(p.input_size), keep_original=True)
+    heldout_set = VOCDataset(index, heldout_ids, eval_preset(p.input_size), keep_original=True)
     net = DistributedDataParallel(model) if rt.world_size > 1 else model
-    with CRFPool(knobs.crf_workers) as pool:
+
+    def eval_fn(step: int) -> dict:
+        if not rt.is_main:
+            return {}
+        metrics = evaluate_segmenter(unwrap(model), val_set, rt).summary()
+        if heldout_ids:
+            metrics["heldout_miou"] = evaluate_segmenter(unwrap(model), heldout_set, rt).summary()["miou"]
+        return metrics
+
+    with CRFPool(knobs.crf_workers if "constrain" in p.losses else 0) as pool:
         loop = Loop(
             model=net,
             optimizer=sgd(model.param_groups(p.weight_decay), lr=p.lr, momentum=p.momentum),
             dataset=train_set,
             step_fn=lambda batch, step: sec_step_losses(net, batch, pool, p, rt),
             lr_at=lambda step: p.lr * (0.1 ** (step // p.lr_step)),  # SEC's step schedule
-            eval_fn=lambda step: (
-                evaluate_segmenter(unwrap(model), val_set, rt).summary() if rt.is_main else {}
-            ),
+            eval_fn=eval_fn,
             meta={"params": asdict(p), "classes": list(index.classes)},
         )
         schedule = Schedule(
@@ -85,6 +131,7 @@ def train_sec(
             ckpt_every=knobs.sec_ckpt_every,
             seed=seed,
             workers=knobs.workers,
+            select="heldout_miou" if heldout_ids else None,
             desc="sec",
         )
         result = fit(loop, schedule, rt=rt, tracker=tracker, ckpt_dir=ckpt_dir, fingerprint=fingerprint)

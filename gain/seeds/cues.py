@@ -37,27 +37,41 @@ def make_cues(
     classes: Sequence[int],
     *,
     fg_fraction: float,
-    bg_threshold: float,
+    bg_threshold: float | None = None,
+    background: np.ndarray | None = None,
     conflict: str = "max",
 ) -> np.ndarray:
     """SEC localization cues from one image's attention maps. -> (H, W) uint8.
 
     attn: (K, H, W) in [0, 1], one map per class present in the image, in the order of `classes` (K class
     indices in 1..C-1). Foreground cue for class k where attn[k] > fg_fraction * max(attn[k]) (relative to
-    the map's own max, as in SEC and GAIN: 20%); a map whose max is 0 gives no foreground. Background cue (0)
-    where every map is < bg_threshold (absolute: the maps are already normalised) and no class claims the
-    pixel - GAIN took background cues from a saliency network, this rule stands in for it. A pixel claimed
-    by several classes goes, with conflict="max", to the class of highest attn[k] / max(attn[k]) (first in
-    `classes` on a tie), and stays 255 with conflict="ignore". Everything else is 255. With K == 0 every
-    pixel is background.
+    the map's own max, as in SEC and GAIN: 20%); a map whose max is 0 gives no foreground. Background cue
+    (0) by exactly one of two rules:
+      - `background`: an (H, W) bool mask computed elsewhere (SEC's saliency rule, gain.seeds.saliency);
+      - `bg_threshold`: where every map is < bg_threshold (absolute: the maps are already normalised).
+    Foreground wins over background: a pixel claimed by a class is never background (SEC's released cues
+    carry one label per cell, and fewer background cells than the saliency rule marks exactly where
+    foreground overlaps it). A pixel claimed by several classes goes, with conflict="max", to the class of
+    highest attn[k] / max(attn[k]) (first in `classes` on a tie), and stays 255 with conflict="ignore".
+    Everything else is 255. With K == 0 every background pixel of the rule is background (the threshold
+    rule: every pixel).
     """
     if conflict not in CONFLICT_RULES:
         raise ValueError(f"conflict must be one of {CONFLICT_RULES}, got {conflict!r}")
+    if (bg_threshold is None) == (background is None):
+        raise ValueError("give exactly one background rule: bg_threshold or a background mask")
     attn, classes, norm = _check_attention(attn, classes)
     peak = attn.max(axis=(1, 2), initial=0.0)
     # (K, H, W); an all-zero map has threshold 0 and attn > 0 nowhere, so it claims no pixel.
     fg = attn > fg_fraction * peak[:, None, None]
-    bg = (attn < bg_threshold).all(axis=0)  # (H, W); True everywhere when K == 0
+    if background is not None:
+        bg = np.asarray(background)
+        if bg.dtype != bool or bg.shape != attn.shape[1:]:
+            raise ValueError(
+                f"background must be a bool mask of shape {attn.shape[1:]}, got {bg.dtype} {bg.shape}"
+            )
+    else:
+        bg = (attn < bg_threshold).all(axis=0)  # (H, W); True everywhere when K == 0
     claims = fg.sum(axis=0)  # (H, W) number of classes claiming each pixel
 
     cues = np.full(attn.shape[1:], UNLABELED, dtype=np.uint8)

@@ -23,23 +23,62 @@ from gain.runtime.io import save_palette_png
 from gain.runtime.params import SeedsParams
 from gain.seeds.cues import dense_from_attention, make_cues
 from gain.seeds.quality import SeedQuality
+from gain.seeds.saliency import class_agnostic_saliency, lowest_cells
+
+
+def _image_batches(
+    classifier, dataset: VOCDataset, rt: Runtime, *, batch_size: int, flip: bool, background=None
+):
+    """Per image: (item, attn (K, H, W), classes (K,), background (H, W) bool or None), H x W the image's own
+    resolution. Attention of every class of a batch in one pass; with `background` = (saliency_at,
+    bg_fraction), SEC's saliency background of the batch in one more backward pass."""
+    for batch in eval_loader(dataset, batch_size):
+        x = rt.to_device(batch["image"])
+        with rt.autocast():
+            attn, pi, pc = attention_maps(classifier, x, batch["label"].to(rt.device), flip=flip)
+            cells = None
+            if background is not None:
+                at, fraction = background
+                cells = lowest_cells(class_agnostic_saliency(classifier, x, at=at), fraction)  # (B, h, w)
+        attn = attn.float()
+        for b in range(x.shape[0]):
+            sel = (pi == b).nonzero(as_tuple=True)[0]
+            h, w = batch["orig_mask"][b].shape
+            a = F.interpolate(attn[sel][:, None], size=(h, w), mode="bilinear", align_corners=False)[:, 0]
+            bg = None
+            if cells is not None:  # each pixel takes the cell it lies in
+                up = F.interpolate(cells[b : b + 1, None].float(), size=(h, w), mode="nearest-exact")
+                bg = up[0, 0].cpu().numpy() > 0.5
+            item = {k: v[b] for k, v in batch.items()}
+            yield item, a.clamp(0, 1).cpu().numpy(), (pc[sel] + 1).cpu().numpy(), bg
 
 
 @torch.no_grad()
 def image_attention(classifier, dataset: VOCDataset, rt: Runtime, *, batch_size: int, flip: bool):
     """Yield (item, attn (K, H, W) float32 in [0, 1] at the image's own resolution, classes (K,) 1-based)
     for every image of `dataset` (a VOCDataset with keep_original=True); all classes of a batch in one pass."""
-    for batch in eval_loader(dataset, batch_size):
-        x = rt.to_device(batch["image"])
-        with rt.autocast():
-            attn, pi, pc = attention_maps(classifier, x, batch["label"].to(rt.device), flip=flip)
-        attn = attn.float()
-        for b in range(x.shape[0]):
-            sel = (pi == b).nonzero(as_tuple=True)[0]
-            h, w = batch["orig_mask"][b].shape
-            a = F.interpolate(attn[sel][:, None], size=(h, w), mode="bilinear", align_corners=False)[:, 0]
-            item = {k: v[b] for k, v in batch.items()}
-            yield item, a.clamp(0, 1).cpu().numpy(), (pc[sel] + 1).cpu().numpy()
+    for item, attn, classes, _ in _image_batches(classifier, dataset, rt, batch_size=batch_size, flip=flip):
+        yield item, attn, classes
+
+
+@torch.no_grad()
+def image_cues(classifier, dataset: VOCDataset, p: SeedsParams, rt: Runtime, *, batch_size: int):
+    """Yield (item, cues (H, W) uint8, attn (K, H, W), classes (K,)) for every image of `dataset`
+    (keep_original=True): foreground by the attention rule, background by `p.background` - SEC's saliency
+    rule (the `p.bg_fraction` least salient cells, gradient at `p.saliency_at`) or the attention threshold
+    `p.bg_threshold`."""
+    saliency = p.background == "saliency"
+    for item, attn, classes, bg in _image_batches(
+        classifier,
+        dataset,
+        rt,
+        batch_size=batch_size,
+        flip=p.flip,
+        background=(p.saliency_at, p.bg_fraction) if saliency else None,
+    ):
+        rule = {"background": bg} if saliency else {"bg_threshold": p.bg_threshold}
+        cues = make_cues(attn, classes, fg_fraction=p.fg_fraction, conflict=p.conflict, **rule)
+        yield item, cues, attn, classes
 
 
 def extract_seeds(
@@ -57,8 +96,8 @@ def extract_seeds(
     (built in a sibling folder, swapped in at the end). -> (metrics, figure rows).
 
     Metrics, on the seed-evaluation images with masks: the SeedQuality figures (precision, recall, labeled
-    fraction, fg/bg precision, mIoU with unlabeled pixels as misses, per class) and the mIoU of the dense
-    attention-argmax map.
+    fraction and its foreground/background parts, fg/bg precision, mIoU with unlabeled pixels as misses,
+    per class) and the mIoU of the dense attention-argmax map (background below `p.bg_threshold`).
     """
     out_dir = Path(out_dir)
     tmp = out_dir.with_name(out_dir.name + ".tmp")
@@ -70,11 +109,9 @@ def extract_seeds(
     vis = []
     ds = VOCDataset(index, index.splits["weak_train"], eval_preset(input_size), keep_original=True)
     palette = voc_palette()
-    attention = image_attention(classifier, ds, rt, batch_size=batch_size, flip=p.flip)
-    for item, attn, classes in tqdm(attention, total=len(ds), desc="seeds", unit="img"):
-        cues = make_cues(
-            attn, classes, fg_fraction=p.fg_fraction, bg_threshold=p.bg_threshold, conflict=p.conflict
-        )
+    for item, cues, attn, classes in tqdm(
+        image_cues(classifier, ds, p, rt, batch_size=batch_size), total=len(ds), desc="seeds", unit="img"
+    ):
         save_palette_png(tmp / f"{item['id']}.png", cues, palette)
         if item["has_mask"] and item["id"] in scored:
             gt = item["orig_mask"]
@@ -91,6 +128,8 @@ def extract_seeds(
         "seed_precision": q["precision"],
         "seed_recall": q["recall"],
         "labeled_fraction": q["labeled_fraction"],
+        "fg_labeled_fraction": q["fg_labeled_fraction"],
+        "bg_labeled_fraction": q["bg_labeled_fraction"],
         "bg_precision": q["bg_precision"],
         "fg_precision": q["fg_precision"],
         "seed_miou": q["miou"],

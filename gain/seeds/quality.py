@@ -60,6 +60,8 @@ class SeedQuality:
           precision: correct labeled pixels / labeled pixels;
           recall: pixels seeded with their correct foreground class / all foreground gt pixels;
           labeled_fraction: labeled pixels / non-void pixels;
+          fg_labeled_fraction, bg_labeled_fraction: pixels seeded foreground / background over non-void pixels
+          (the two parts of labeled_fraction);
           bg_precision, fg_precision: precision of the background seeds / of all foreground seeds;
           class_precision, class_recall: (C,) lists, correct_c / seeded-as-c and correct_c / gt-is-c;
           labeled_pixels, num_pixels: the counts behind labeled_fraction;
@@ -82,6 +84,8 @@ class SeedQuality:
             "precision": ratio(correct.sum(), seeded_as.sum()),
             "recall": ratio(correct[1:].sum(), gt_is[1:].sum()),
             "labeled_fraction": ratio(seeded_as.sum(), gt_is.sum()),
+            "fg_labeled_fraction": ratio(seeded_as[1:].sum(), gt_is.sum()),
+            "bg_labeled_fraction": ratio(seeded_as[0], gt_is.sum()),
             "bg_precision": ratio(correct[0], seeded_as[0]),
             "fg_precision": ratio(correct[1:].sum(), seeded_as[1:].sum()),
             "class_precision": [ratio(correct[k], seeded_as[k]) for k in range(c)],
