@@ -237,11 +237,12 @@ def measure_crf(params, s: Setup, processes: list[int], index) -> dict:
     ds = VOCDataset(index, index.splits["weak_train"], eval_preset(PAPER["input_size"]))
     images = downscale_images(voc_batch(ds, PAPER["sec_batch"])["image"], (41, 41))
     rng = np.random.default_rng(params.seed)
-    probs = np.stack([random_probs(rng, (PAPER["classes"], 41, 41)) for _ in images])
+    log_probs = np.log(np.stack([random_probs(rng, (PAPER["classes"], 41, 41)) for _ in images]))
     pools = {"inline": CRFPool(0), **{str(n): CRFPool(n) for n in processes}}
     try:
         fns = {
-            k: (lambda pool=pool: pool.map(images, probs, params.sec.crf_scale)) for k, pool in pools.items()
+            k: (lambda pool=pool: pool.map(images, log_probs, params.sec.crf_scale))
+            for k, pool in pools.items()
         }
         warm(fns, 1)
         times = interleaved(fns, max(2, s.step_rounds), lambda: None)
@@ -265,7 +266,11 @@ def measure_eval(model, params, rt, s: Setup, index, processes: int) -> dict:
     )
     rng = np.random.default_rng(params.seed)
     items = [ds[i] for i in range(len(ds))]
-    probs = [random_probs(rng, (PAPER["classes"], *it["orig_image"].shape[:2])) for it in items]
+    # the test-time CRF's input: log of the probabilities floored at 1e-5, as gain.sec.evaluate passes it
+    probs = [
+        np.log(np.maximum(random_probs(rng, (PAPER["classes"], *it["orig_image"].shape[:2])), 1e-5))
+        for it in items
+    ]
     with CRFPool(processes) as pool, CRFPool(0) as inline:
 
         def crf_only():

@@ -317,11 +317,11 @@ def bench_sec(params, rt, reps: Reps) -> dict:
     items = synthetic_items(16, size=p.input_size, num_fg=num_fg, seed=params.seed + 2)
     images = downscale_images(torch.stack([it["image"] for it in items]), (41, 41))
     logits = 3.0 * np.random.default_rng(params.seed).standard_normal((16, 21, 41, 41))
-    probs = np.exp(logits - logits.max(axis=1, keepdims=True))
-    probs = (probs / probs.sum(axis=1, keepdims=True)).astype(np.float32)
+    log_probs = logits - logits.max(axis=1, keepdims=True)
+    log_probs = (log_probs - np.log(np.exp(log_probs).sum(axis=1, keepdims=True))).astype(np.float32)
     pools = {"inline": CRFPool(0), **{str(n): CRFPool(n) for n in range(1, (os.cpu_count() or 1) + 1)}}
     try:
-        fns = {k: (lambda pool=pool: pool.map(images, probs, p.crf_scale)) for k, pool in pools.items()}
+        fns = {k: (lambda pool=pool: pool.map(images, log_probs, p.crf_scale)) for k, pool in pools.items()}
         warm(fns, 1)
         times = interleaved(fns, reps.crf_rounds, lambda: None)
     finally:
