@@ -32,6 +32,7 @@ TINY = {
     "gain": {"input_size": 48, "batch_size": 4, "epochs": 2, "warmup_epochs": 1},
     "sec": {"input_size": 48, "batch_size": 4, "iterations": 6, "lr_step": 4, "eval_every": 3},
     "runtime": {
+        "mlflow": {"log_models": False},  # the pt2 export costs ~10 s a stage; tests that need it turn it on
         "gain_ckpt_every": 2,
         "sec_ckpt_every": 2,
         "seeds_batch_size": 8,
