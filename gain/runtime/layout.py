@@ -18,10 +18,10 @@ def reports(stage: str) -> Path:
     return REPORTS / stage
 
 
-# What each stage writes, as dvc.yaml declares it. outs: cached, except the small reports (`cache: false`,
-# committed to git): the CSV tables that dvc.yaml's top-level `plots:` draws (PLOT_DATA), stats.json and
-# confusion.csv. metrics: one small file of headline numbers per training/scoring stage (what `dvc exp show`
-# lists). plots: the figures (PNG), committed to git.
+# What each stage writes, as dvc.yaml declares it. outs: cached by DVC (`dvc push`/`pull`), among them the
+# CSV tables that dvc.yaml's top-level `plots:` draws (PLOT_DATA; not `cache: false`, which would turn the
+# run-cache off). metrics: one small JSON of headline numbers per training/scoring stage (what `dvc exp show`
+# lists), committed to git. plots: the figures (PNG), committed to git.
 PLOT_DATA = {
     "gain": [REPORTS / "gain/history.csv", REPORTS / "gain/train_loss.csv"],
     "seeds": [REPORTS / "seeds/per_class.csv"],
