@@ -42,6 +42,14 @@ TINY = {
 }
 
 
+# The README's ablation lines: tests/test_pipeline.py runs them as printed in a shell without the venv on
+# PATH, tests/test_readme.py checks that README.md shows them.
+README_EXPERIMENT = [
+    ".venv/bin/dvc exp run --temp -n gradcam -S gain.alpha=0",
+    ".venv/bin/dvc exp show --only-changed",
+]
+
+
 def deep_update(base: dict, new: dict) -> dict:
     for k, v in new.items():
         if isinstance(v, dict) and isinstance(base.get(k), dict):
