@@ -435,7 +435,9 @@ def _pipeline_run(client, exp_id: str, info: dict, params: Params) -> str:
     parent_id = parent.info.run_id
     info["pipeline_name"] = info["dvc_exp_name"] or f"{info['method']}-{parent_id[:8]}"
     client.update_run(parent_id, name=info["pipeline_name"])
-    client.log_batch(parent_id, params=_params_entities(flatten(section_dict(params, DVC_PARAMS))))
+    entities = _params_entities(flatten(section_dict(params, DVC_PARAMS)))
+    for i in range(0, len(entities), 100):  # MLflow takes at most 100 params per call
+        client.log_batch(parent_id, params=entities[i : i + 100])
     return parent_id
 
 
