@@ -173,6 +173,38 @@ def test_pipeline_run_carries_params_headline_commit_and_dataset(pipeline):
         shutil.rmtree(repo / "dl")
 
 
+def test_registered_models_are_safe_exports_with_signature_that_reproduce_the_weights(pipeline, tmp_path):
+    """pt2 (torch.export, no pickle, no pickle warning from any stage), a signature and an input example;
+    the loaded model gives the model file's outputs, for other batch and image sizes too."""
+    import mlflow
+    import mlflow.pytorch
+    import torch
+
+    from gain.cam.model import load_classifier
+    from gain.sec.model import load_segmenter
+
+    repo, first = pipeline
+    assert "Pickle" not in first.stdout + first.stderr
+    mlflow.set_tracking_uri(f"sqlite:///{repo / 'mlflow.db'}")
+    try:
+        for name, loader, path in (
+            ("gain-classifier", load_classifier, "models/gain/model.pt"),
+            ("sec-segmenter", load_segmenter, "models/sec/model.pt"),
+        ):
+            uri = f"models:/{name}/1"
+            local = Path(mlflow.artifacts.download_artifacts(uri, dst_path=str(tmp_path / name)))
+            assert sorted(p.name for p in (local / "data").iterdir()) == ["model.pt2"]
+            info = mlflow.models.get_model_info(uri)
+            assert tuple(info.signature.inputs.to_dict()[0]["tensor-spec"]["shape"]) == (-1, 3, -1, -1)
+            assert info.saved_input_example_info is not None
+            x = torch.randn(3, 3, 40, 56)
+            with torch.no_grad():
+                expected = loader(repo / path)[0](x)
+                assert torch.allclose(mlflow.pytorch.load_model(uri)(x), expected, atol=1e-5), name
+    finally:
+        mlflow.set_tracking_uri(None)
+
+
 def test_outputs_of_every_stage(pipeline):
     repo, _ = pipeline
     ids = json.loads((repo / "data/dataset/index.json").read_text())["splits"]["weak_train"]
@@ -481,11 +513,19 @@ def test_plots_diff_between_two_experiments_shows_both(experiments):
     assert (out / "index.html").is_file()
 
 
-def test_compare_labels_each_pipeline_run_by_its_name(experiments):
+def test_compare_labels_each_pipeline_run_by_its_name(experiments, monkeypatch):
     repo, _, queued = experiments
+    import mlflow
     import pandas as pd
 
-    python(repo, "-m", "gain.evaluation.compare", "--out", "reports/compare")
+    from gain.evaluation.compare import main as compare
+
+    monkeypatch.chdir(repo)
+    try:
+        compare(["--out", "reports/compare"])
+    finally:
+        mlflow.set_tracking_uri(None)
+    monkeypatch.undo()
     df = pd.read_csv(repo / "reports/compare.csv")
     assert set(df["name"]) >= {"gradcam", *queued}
     assert {"gain.alpha", "evaluate.split", "evaluate.crf"} <= set(df.columns)

@@ -386,49 +386,6 @@ def test_default_store_is_the_repo_root_sqlite_even_from_a_dvc_temp_copy(
     assert json.loads((tmp_repo / "runs" / "data.json").read_text())["run_id"] == run_id
 
 
-@pytest.mark.e2e
-def test_handed_on_model_is_logged_safely_with_signature_and_registered(
-    mlflow_uri, tmp_repo, monkeypatch, params, capfd
-):
-    """The exact file a stage hands on: pt2 (no pickle), signature + input example, registered as
-    sec-segmenter with this run's version; the loaded model accepts other batch and image sizes."""
-    import mlflow.pytorch
-    import torch
-
-    from gain.runtime.checkpoint import save_checkpoint
-    from gain.sec.model import LargeFOV, load_segmenter
-
-    monkeypatch.setenv("GAIN_PIPELINE_ID", "pipe-model")
-    path = tmp_repo / "models/sec/model.pt"
-    torch.manual_seed(0)
-    net = LargeFOV("small", 3)
-    save_checkpoint(
-        path, {"model": net.state_dict(), "params": {"backbone": "small"}, "classes": ["a", "b", "c"]}
-    )
-    with stage_run("sec", params) as run:
-        run.log_model(load_segmenter(path)[0], path, example_size=48)
-    client = client_for(mlflow_uri)
-    (version,) = client.search_model_versions("name = 'sec-segmenter'")
-    assert str(version.version) == "1" and version.run_id == run.run_id
-    assert version.tags["sha256"] == client.get_run(run.run_id).data.tags["output_digest"]
-    assert version.tags["pipeline_name"] == client.get_run(run.parent_id).info.run_name
-    assert client.get_run(run.run_id).data.tags["registered_model"] == "sec-segmenter/1"
-    assert client.get_run(run.parent_id).data.tags["model.sec-segmenter"] == "1"
-    copy = client.download_artifacts(run.run_id, "checkpoint/model.pt", str(tmp_repo / "dl"))
-    assert Path(copy).read_bytes() == path.read_bytes()
-    info = mlflow.models.get_model_info("models:/sec-segmenter/1")
-    local = Path(mlflow.artifacts.download_artifacts("models:/sec-segmenter/1", dst_path=str(tmp_repo / "m")))
-    assert sorted(p.name for p in (local / "data").iterdir()) == ["model.pt2"]  # torch.export, no pickle
-    assert tuple(info.signature.inputs.to_dict()[0]["tensor-spec"]["shape"]) == (-1, 3, -1, -1)
-    assert info.saved_input_example_info is not None
-    loaded = mlflow.pytorch.load_model("models:/sec-segmenter/1")
-    x = torch.randn(3, 3, 40, 56)
-    reference = load_segmenter(path)[0]
-    with torch.no_grad():
-        assert torch.allclose(loaded(x), reference(x), atol=1e-5)
-    assert "Pickle" not in capfd.readouterr().err  # mlflow warns on stderr when it pickles a model
-
-
 # --- a real tracking server ------------------------------------------------------------------------------
 
 
