@@ -4,11 +4,14 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: pipeline test lock
+.PHONY: pipeline venv test lock
 
 # Create the virtualenv from the pinned lock file (only when the lock changed), then run the pipeline.
 pipeline: $(STAMP)
 	DVC_NO_ANALYTICS=1 $(BIN)/dvc repro
+
+# The virtualenv alone, e.g. in a second clone before `dvc pull`.
+venv: $(STAMP)
 
 $(STAMP): requirements.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)

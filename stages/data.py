@@ -15,6 +15,7 @@ def main() -> None:
     with stage_run("data", params) as run:
         index, stats = prepare_dataset(params.data, params.seed, layout.DATASET, repo=repo_root())
         index.save(layout.INDEX)
+        run.log_dataset(index)
         write_json(reports / "stats.json", stats)
         sample_figure(index, reports / "samples.png")
         run.log_metrics({f"data/images_{k}": v for k, v in stats["images"].items()})

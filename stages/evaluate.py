@@ -10,13 +10,13 @@ import torch
 from gain.cam.model import load_classifier
 from gain.data.dataset import DatasetIndex, VOCDataset
 from gain.data.transforms import eval_preset
-from gain.evaluation.report import method_name, qualitative_figure, write_evaluation
+from gain.evaluation.report import qualitative_figure, write_evaluation
 from gain.runtime import layout
 from gain.runtime.cli import run_stage
 from gain.runtime.engine import setup_runtime
 from gain.runtime.io import read_json
 from gain.runtime.params import load_params
-from gain.runtime.tracking import stage_run
+from gain.runtime.tracking import method_name, stage_run
 from gain.sec.crf import CRFPool
 from gain.sec.evaluate import evaluate_segmenter
 from gain.sec.model import load_segmenter
@@ -34,6 +34,7 @@ def main() -> None:
         read_json(layout.reports("seeds") / "metrics.json"),
     )
     with stage_run("evaluate", params) as run:
+        run.log_dataset(index)
         ds = VOCDataset(index, index.splits[p.split], eval_preset(sec_p["input_size"]), keep_original=True)
         with CRFPool(knobs.crf_workers if p.crf else 0) as pool:
             scores = evaluate_segmenter(
@@ -51,10 +52,9 @@ def main() -> None:
             gain=gain,
             seeds=seeds,
             qualitative=figure,
-            commands=["dvc repro", "dvc metrics show", f"# evaluate.split={p.split}, evaluate.crf={p.crf}"],
+            provenance=run.provenance(),
         )
-        headline = {k: v for k, v in {**gain, **seeds, **metrics}.items() if k not in ("step", "epoch")}
-        run.log_metrics({f"eval/{k}": v for k, v in headline.items() if isinstance(v, int | float)})
+        run.log_pipeline_metrics({**gain, **seeds, **metrics})  # the headline, on the pipeline run too
         for files in layout.OUTPUTS["evaluate"].values():
             for f in files:
                 run.log_artifact(f, "report")

@@ -5,6 +5,7 @@ from checkpoints/gain/last.pt when that was written for the same params, data an
 """
 
 from gain.cam.evaluate import bias_accuracy
+from gain.cam.model import load_classifier
 from gain.cam.train import train_gain
 from gain.data.dataset import DatasetIndex
 from gain.runtime import layout
@@ -31,6 +32,7 @@ def main() -> None:
         )
         if not rt.is_main:
             return
+        run.log_dataset(index)
         save_model(layout.GAIN_MODEL, result)
         bias = {}
         if index.bias_class is not None:
@@ -38,7 +40,9 @@ def main() -> None:
                 model.classifier, index, index.bias_class, rt, input_size=params.gain.input_size
             )
         metrics = write_training_reports(result, reports, run, extra=bias)
-        run.log_model(model.classifier.cpu(), "model")
+        run.log_model(
+            load_classifier(layout.GAIN_MODEL)[0], layout.GAIN_MODEL, example_size=params.gain.input_size
+        )
         print(
             f"gain: val mAP {metrics['map']:.3f}, attention mIoU {metrics['attn_miou']:.3f} (step {result.step})"
         )

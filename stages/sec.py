@@ -10,6 +10,7 @@ from gain.runtime.cli import run_stage
 from gain.runtime.engine import save_model, stage_fingerprint, training_stage, write_training_reports
 from gain.runtime.io import file_digest, folder_digest
 from gain.runtime.params import load_params
+from gain.sec.model import load_segmenter
 from gain.sec.train import train_sec
 
 
@@ -18,7 +19,7 @@ def main() -> None:
     index = DatasetIndex.load(layout.INDEX)
     inputs = [index.digest, folder_digest(layout.SEEDS), file_digest(layout.GAIN_MODEL)]
     with training_stage("sec", params) as (rt, run):
-        result, model = train_sec(
+        result, _ = train_sec(
             params.sec,
             index,
             rt,
@@ -32,10 +33,13 @@ def main() -> None:
         )
         if not rt.is_main:
             return
+        run.log_dataset(index)
         save_model(layout.SEC_MODEL, result)
-        metrics = write_training_reports(result, layout.reports("sec"), run)
-        run.log_model(model.cpu(), "model")
-        print(f"sec: val mIoU {metrics['miou']:.3f} (step {result.step})")
+        metrics = write_training_reports(result, layout.reports("sec"), run, prefix="val_")
+        run.log_model(
+            load_segmenter(layout.SEC_MODEL)[0], layout.SEC_MODEL, example_size=params.sec.input_size
+        )
+        print(f"sec: val mIoU {metrics['val_miou']:.3f} (step {result.step})")
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ def main() -> None:
     classifier, gain_p = load_classifier(layout.GAIN_MODEL)
     reports = layout.reports("seeds")
     with stage_run("seeds", params) as run:
+        run.log_dataset(index)
         start = time.perf_counter()
         metrics, rows = extract_seeds(
             classifier.to(rt.device),
@@ -40,7 +41,7 @@ def main() -> None:
         write_json(reports / "metrics.json", metrics)
         with atomic_path(reports / "per_class.csv") as tmp:
             per_class.to_csv(tmp, index=False)
-        save_figure(grid_figure(rows), reports / "grid.png")
+        save_figure(grid_figure(rows, classes=index.classes), reports / "grid.png")
         run.log_metrics({f"seeds/{k}": v for k, v in metrics.items()} | {"seeds/images_per_s": images_per_s})
         run.log_artifact(reports)
         print(

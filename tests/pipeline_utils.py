@@ -32,6 +32,7 @@ TINY = {
     "gain": {"input_size": 48, "batch_size": 4, "epochs": 2, "warmup_epochs": 1},
     "sec": {"input_size": 48, "batch_size": 4, "iterations": 6, "lr_step": 4, "eval_every": 3},
     "runtime": {
+        "mlflow": {"log_models": False},  # the pt2 export costs ~10 s a stage; tests that need it turn it on
         "gain_ckpt_every": 2,
         "sec_ckpt_every": 2,
         "seeds_batch_size": 8,
@@ -39,6 +40,14 @@ TINY = {
         "vis_images": 2,
     },
 }
+
+
+# The README's ablation lines: tests/test_pipeline.py runs them as printed in a shell without the venv on
+# PATH, tests/test_readme.py checks that README.md shows them.
+README_EXPERIMENT = [
+    ".venv/bin/dvc exp run --temp -n gradcam -S gain.alpha=0",
+    ".venv/bin/dvc exp show --only-changed",
+]
 
 
 def deep_update(base: dict, new: dict) -> dict:

@@ -13,6 +13,7 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -25,7 +26,18 @@ from gain.runtime.params import (
     read_yaml,
     section_dict,
 )
-from gain.runtime.tracking import NullRun, TrackingError, repo_root, stage_run
+from gain.runtime.tracking import (
+    DVC_PARAMS,
+    NullRun,
+    StageRun,
+    TrackingError,
+    dvc_command,
+    method_name,
+    param_overrides,
+    reap_dead_runs,
+    repo_root,
+    stage_run,
+)
 from tests.pipeline_utils import deep_update
 
 REPO = Path(__file__).resolve().parents[1]
@@ -82,9 +94,15 @@ def test_stage_run_logs_a_nested_tagged_run(mlflow_uri, tmp_repo, monkeypatch, p
     assert r.data.params["gain.alpha"] == "1.0" and "sec.lr" not in r.data.params
     history = client.get_metric_history(run_id, "train/loss")
     assert [(m.step, m.value) for m in history] == [(3, 0.5), (4, 0.25)]
-    # Nested under a pipeline parent run.
+    # Nested under a pipeline parent run, which carries every DVC param (not the runtime knobs), is named
+    # after the method and its short id, and is closed with the stage.
     parent = client.get_run(tags["mlflow.parentRunId"])
     assert parent.data.tags["kind"] == "pipeline" and parent.data.tags["pipeline_id"] == "pipe-1"
+    everything = flatten(section_dict(params, DVC_PARAMS))
+    assert parent.data.params == {k: str(v) for k, v in everything.items()}
+    assert "sec.lr" in parent.data.params and not any(k.startswith("runtime.") for k in parent.data.params)
+    assert parent.info.run_name == f"GAIN-{parent.info.run_id[:8]}" == tags["pipeline_name"]
+    assert parent.info.status == "FINISHED" and parent.data.tags["last_stage"] == "gain"
     # The experiment's artifacts live under the repo root, with the whole params file attached to the run.
     exp = client.get_experiment(r.info.experiment_id)
     assert exp.name == params.runtime.mlflow.experiment
@@ -108,8 +126,11 @@ def test_dvc_environment_becomes_tags(mlflow_uri, monkeypatch, params):
     assert tags["dvc_stage"] == "gain@alpha0" and tags["stage"] == "gain"
     assert tags["dvc_exp_name"] == "lucky-exp" and tags["dvc_exp_baseline_rev"] == "a" * 40
     parent = client.get_run(tags["mlflow.parentRunId"])
-    assert parent.data.tags["dvc_exp_name"] == "lucky-exp"
-    assert parent.info.run_name == "pipeline lucky-exp"
+    assert (
+        parent.data.tags["dvc_exp_name"] == "lucky-exp"
+        and parent.data.tags["dvc_exp_baseline_rev"] == "a" * 40
+    )
+    assert parent.info.run_name == "lucky-exp" == tags["pipeline_name"]
 
 
 def test_git_commit_tag_is_head(mlflow_uri, tmp_repo, params):
@@ -146,8 +167,165 @@ def test_failed_stage_marks_the_run_failed_and_writes_no_pointer(mlflow_uri, tmp
         with stage_run("data", params) as run:
             run_id = run.run_id
             raise RuntimeError("boom")
-    assert client_for(mlflow_uri).get_run(run_id).info.status == "FAILED"
+    client = client_for(mlflow_uri)
+    r = client.get_run(run_id)
+    assert r.info.status == "FAILED"
+    assert client.get_run(r.data.tags["mlflow.parentRunId"]).info.status == "FAILED"
     assert not (tmp_repo / "runs" / "data.json").exists()
+
+
+def test_pipeline_run_is_running_while_a_stage_runs_and_reopened_by_the_next(mlflow_uri, monkeypatch, params):
+    """Each stage reopens its pipeline run and closes it when it ends, so a pipeline stopped after any stage
+    is not left RUNNING; the stage runs keep their own names."""
+    monkeypatch.setenv("GAIN_PIPELINE_ID", "pipe-open")
+    client = client_for(mlflow_uri)
+    seen = []
+    for stage in ("data", "gain", "seeds"):
+        with stage_run(stage, params) as run:
+            seen.append(client.get_run(run.parent_id).info.status)
+        assert client.get_run(run.parent_id).info.status == "FINISHED"
+    assert seen == ["RUNNING"] * 3
+    children = client.search_runs([client.get_run(run.parent_id).info.experiment_id], "tags.kind = 'stage'")
+    assert sorted(c.info.run_name for c in children) == ["data", "gain", "seeds"]
+    assert {c.data.tags["pipeline_name"] for c in children} == {client.get_run(run.parent_id).info.run_name}
+    assert len({c.data.tags["mlflow.parentRunId"] for c in children}) == 1
+
+
+def test_killed_stage_is_reaped_with_its_pipeline_run(mlflow_uri, monkeypatch, params):
+    """A stage killed outright (SIGKILL) leaves both runs RUNNING; the next stage marks both KILLED."""
+    monkeypatch.setenv("GAIN_PIPELINE_ID", "pipe-killed")
+    client = client_for(mlflow_uri)
+    with stage_run("data", params) as run:
+        dead, parent = run.run_id, run.parent_id
+    # What a SIGKILL leaves behind: RUNNING runs whose process (pid 2**22 + 1 never exists) is gone.
+    client.update_run(dead, status="RUNNING")
+    client.update_run(parent, status="RUNNING")
+    client.set_tag(dead, "process", f"{2**22 + 1}:1")
+    exp_id = client.get_run(dead).info.experiment_id
+    assert reap_dead_runs(client, exp_id) == [dead]
+    assert client.get_run(dead).info.status == "KILLED" and client.get_run(parent).info.status == "KILLED"
+    with stage_run("gain", params) as run:  # the live one is left alone
+        assert reap_dead_runs(client, exp_id) == []
+        assert client.get_run(run.run_id).info.status == "RUNNING"
+
+
+def test_headline_metrics_and_dataset_reach_the_pipeline_run(mlflow_uri, tmp_repo, monkeypatch, params):
+    monkeypatch.setenv("GAIN_PIPELINE_ID", "pipe-head")
+    index = SimpleNamespace(
+        root=tmp_repo / "data/dataset/VOC2012",
+        source="synthetic",
+        digest="ab" * 32,
+        classes=("background", "disc"),
+        splits={"val": ["a", "b"], "weak_train": ["c"]},
+    )
+    with stage_run("evaluate", params) as run:
+        run.log_dataset(index)
+        run.log_pipeline_metrics(
+            {"sec_miou": 0.5, "method": "GAIN", "flag": True, "nan": float("nan"), "n": 3}
+        )
+    client = client_for(mlflow_uri)
+    for r in (client.get_run(run.run_id), client.get_run(run.parent_id)):
+        assert r.data.metrics == {"sec_miou": 0.5, "n": 3.0}  # strings, bools and NaN are not metrics
+        (ds,) = r.inputs.dataset_inputs
+        assert ds.dataset.name == "synthetic" and ds.dataset.digest == "ab" * 8
+        profile = json.loads(ds.dataset.profile)
+        assert profile["sha256"] == "ab" * 32 and profile["splits"] == {"val": 2, "weak_train": 1}
+        assert json.loads(ds.dataset.source)["uri"] == str(index.root.resolve())
+        assert {t.key: t.value for t in ds.tags}["mlflow.data.context"] == "evaluate"
+
+
+def test_train_log_keeps_the_latest_value_of_each_step_up_to_the_end(mlflow_uri, tmp_repo, params):
+    """The per-step log behind train_loss.csv: a step replayed after a resume keeps its latest values, steps
+    beyond the end (a longer earlier run) and lines torn by a kill are left out."""
+    with stage_run("sec", params) as run:
+        for step in (1, 2, 3, 4):
+            run.log_metrics({"train/loss_total": 10.0 + step, "train/lr": 0.1, "val/miou": 0.5}, step=step)
+        run.log_metrics({"train/loss_total": 99.0}, step=2)  # replayed after a resume
+        run.log_metrics({"map": 0.3})  # no step: not a per-step row
+        with open(run.step_log, "a") as f:
+            f.write('{"step": 5, "loss_to')
+        rows = run.train_log(3)
+    assert rows == [
+        {"step": 1, "loss_total": 11.0, "lr": 0.1},
+        {"step": 2, "loss_total": 99.0},
+        {"step": 3, "loss_total": 13.0, "lr": 0.1},
+    ]
+    assert (tmp_repo / run.step_log).is_file() and run.step_log.parts[:2] == ("checkpoints", "sec")
+    other = parse_params(deep_update(read_yaml(REPO / "params.yaml"), {"sec": {"lr": 0.5}}))
+    with stage_run("sec", other) as run2:
+        assert run2.step_log != run.step_log and run2.train_log(3) == []  # other params: another log
+    assert NullRun().train_log(3) == []
+
+
+def test_method_names():
+    assert method_name(1.0, False) == "GAIN"
+    assert method_name(0.0, False) == "Grad-CAM"
+    assert method_name(0.0, True) == "GAIN_ext" == method_name(1.0, True)
+
+
+def test_dvc_command_reads_the_dvc_process_command_line(monkeypatch):
+    import gain.runtime.tracking as tracking
+
+    for argv, shown in [
+        (["/x/.venv/bin/python3.11", "/x/.venv/bin/dvc", "exp", "run", "--temp", "-S", "gain.alpha=0"],
+         "dvc exp run --temp -S gain.alpha=0"),
+        (["python", "-m", "dvc", "repro"], "dvc repro"),
+        (["dvc", "exp", "exec-run", "--infofile", "f.run"], "dvc exp exec-run --infofile f.run"),
+    ]:  # fmt: skip
+        monkeypatch.setattr(tracking, "_dvc_process", lambda argv=argv: SimpleNamespace(cmdline=lambda: argv))
+        assert dvc_command() == shown
+    monkeypatch.setattr(tracking, "_dvc_process", lambda: None)
+    assert dvc_command() == ""
+
+
+def test_param_overrides_name_what_differs_from_a_commit(tmp_repo, params):
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@example.com", "-c", "commit.gpgsign=false"]
+    shutil.copyfile(REPO / "params.yaml", tmp_repo / "params.yaml")
+    subprocess.run([*git, "init", "-q"], cwd=tmp_repo, check=True)
+    subprocess.run([*git, "add", "params.yaml"], cwd=tmp_repo, check=True)
+    subprocess.run([*git, "commit", "-qm", "x"], cwd=tmp_repo, check=True)
+    assert param_overrides(params, tmp_repo, "HEAD") == []
+    changed = parse_params(
+        deep_update(
+            read_yaml(REPO / "params.yaml"),
+            {"gain": {"alpha": 0.0}, "sec": {"lr": 0.004}, "runtime": {"workers": 3}},
+        )
+    )
+    assert param_overrides(changed, tmp_repo, "HEAD") == ["gain.alpha=0.0", "sec.lr=0.004"]
+    assert param_overrides(changed, tmp_repo, "no-such-rev") == []
+
+
+def test_provenance_finds_the_run_behind_each_output(mlflow_uri, tmp_repo, monkeypatch, params):
+    """report.md names, per stage, the run whose output is in the workspace now, also when that run belongs
+    to an earlier pipeline (DVC restored or kept the output)."""
+    monkeypatch.setenv("GAIN_PIPELINE_ID", "pipe-early")
+    model = tmp_repo / "models/gain/model.pt"
+    model.parent.mkdir(parents=True)
+    model.write_bytes(b"weights A")
+    with stage_run("gain", params) as run:
+        early = run.run_id
+    model.write_bytes(b"weights B")
+    with stage_run("gain", params) as run:
+        late = run.run_id
+    model.write_bytes(b"weights A")  # e.g. `dvc checkout` of the earlier experiment
+    monkeypatch.setenv("GAIN_PIPELINE_ID", "pipe-late")
+    with stage_run("evaluate", params) as run:
+        prov = run.provenance()
+    assert late != early
+    assert prov["stages"]["gain"]["run_id"] == early
+    assert prov["stages"]["evaluate"]["run_id"] == run.run_id
+    assert "data" not in prov["stages"]  # no output, no run
+    assert prov["parent_run_id"] == run.parent_id and prov["pipeline_name"].startswith("GAIN-")
+    assert prov["tracking_uri"] == mlflow_uri and prov["git_commit"] == "unknown"
+
+
+def test_null_run_logs_nothing_anywhere(tmp_repo):
+    run = NullRun()
+    run.log_model(None, Path("x.pt"), example_size=8)
+    run.log_dataset(None)
+    run.log_pipeline_metrics({"a": 1.0})
+    assert run.provenance() == {} and not (tmp_repo / "checkpoints").exists()
+    assert not isinstance(run, StageRun)
 
 
 def test_disabled_logs_nothing(mlflow_uri, tmp_repo, params):

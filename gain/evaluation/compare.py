@@ -1,8 +1,9 @@
-"""Compare pipeline runs: every MLflow stage run of an experiment -> one row per pipeline execution.
+"""Compare pipeline runs: one row per MLflow pipeline run (the parent of the stage runs) of an experiment.
 
     python -m gain.evaluation.compare [--experiment gain-sec] [--out reports/compare]
 
-Writes <out>.csv (params that differ between runs + key metrics) and <out>.png (grouped bars).
+Writes <out>.csv (name, params that differ between runs, headline metrics) and <out>.png (grouped bars, one
+group per pipeline run, labelled with its name: the DVC experiment name, or method + short run id).
 """
 
 from __future__ import annotations
@@ -19,81 +20,84 @@ from gain.runtime.params import load_params
 from gain.runtime.tracking import tracking_uri
 
 KEY_METRICS = [
-    "eval/sec_miou",
-    "eval/sec_crf_miou",
-    "eval/seed_miou",
-    "eval/attn_miou",
-    "eval/seed_precision",
-    "eval/seed_recall",
-    "eval/bias_object_only_accuracy",
-    "eval/bias_context_only_accuracy",
-    "eval/map",
+    "sec_miou",
+    "sec_crf_miou",
+    "seed_miou",
+    "attn_miou",
+    "seed_precision",
+    "seed_recall",
+    "labeled_fraction",
+    "bias_object_only_accuracy",
+    "bias_context_only_accuracy",
+    "map",
 ]
+FIGURE_METRICS = ["sec_miou", "sec_crf_miou", "seed_miou", "attn_miou"]
 
 
 def pipeline_table(runs: pd.DataFrame) -> pd.DataFrame:
-    """runs: mlflow.search_runs output (columns tags.*, params.*, metrics.*) -> one row per pipeline_id,
-    the union of its stage runs' params and metrics (the latest run of a stage wins)."""
-    if runs.empty:
+    """runs: mlflow.search_runs output (columns tags.*, params.*, metrics.*) -> one row per pipeline run:
+    its own params and metrics, completed by its stage runs' (a pipeline run from before parents carried
+    them, or a metric a stage logged only on itself; the latest stage run wins)."""
+    if runs.empty or "tags.kind" not in runs:
         return pd.DataFrame()
-    runs = runs[runs.get("tags.kind") == "stage"].sort_values("start_time")
+    runs = runs.sort_values("start_time")
+    parents = runs[runs["tags.kind"] == "pipeline"]
+    stages = runs[runs["tags.kind"] == "stage"]
     rows = []
-    for pid, group in runs.groupby("tags.pipeline_id", sort=False):
+    for _, parent in parents.iterrows():
+        children = stages[stages.get("tags.mlflow.parentRunId") == parent["run_id"]]
         row = {
-            "pipeline_id": pid,
-            "started": group["start_time"].min(),
-            "dvc_exp_name": next(
-                (x for x in group.get("tags.dvc_exp_name", []) if isinstance(x, str) and x), ""
-            ),
-            "stages": ",".join(group["tags.stage"]),
+            "name": parent.get("tags.mlflow.runName") or parent["run_id"][:8],
+            "run_id": parent["run_id"],
+            "started": parent["start_time"],
+            "status": parent["status"],
+            "stages": ",".join(children["tags.stage"]) if len(children) else "",
         }
-        for _, r in group.iterrows():
-            for col, val in r.items():
-                if (col.startswith("params.") or col.startswith("metrics.")) and pd.notna(val):
-                    row[col] = val
+        for _, r in children.iterrows():
+            row |= {c: v for c, v in r.items() if c.startswith(("params.", "metrics.")) and pd.notna(v)}
+        row |= {c: v for c, v in parent.items() if c.startswith(("params.", "metrics.")) and pd.notna(v)}
         rows.append(row)
+    if not rows:
+        return pd.DataFrame()
     return pd.DataFrame(rows).sort_values("started").reset_index(drop=True)
 
 
 def changed_params(table: pd.DataFrame) -> list[str]:
-    """Params with different values across pipeline runs. A run that skipped a stage (DVC found it up to
-    date) has no value for that stage's params; it counts as unchanged there."""
+    """Params with different values across pipeline runs. A run without a value for a param (an older
+    pipeline run that skipped the stage reading it) counts as unchanged there."""
     cols = [c for c in table.columns if c.startswith("params.")]
     return [c for c in cols if table[c].dropna().astype(str).nunique() > 1]
 
 
 def comparison(table: pd.DataFrame) -> pd.DataFrame:
+    if table.empty:
+        return pd.DataFrame(columns=["name", "run_id", "started", "status"])
     metric_cols = [f"metrics.{m}" for m in KEY_METRICS if f"metrics.{m}" in table.columns]
-    out = table[["pipeline_id", "dvc_exp_name", "started", *changed_params(table), *metric_cols]].copy()
+    out = table[["name", "run_id", "started", "status", *changed_params(table), *metric_cols]].copy()
     out.columns = [c.removeprefix("params.").removeprefix("metrics.") for c in out.columns]
     return out
 
 
 def comparison_figure(df: pd.DataFrame):
+    """Grouped bars of FIGURE_METRICS, one group per pipeline run, x labels = name + changed params."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    metrics = [
-        m
-        for m in ("eval/sec_miou", "eval/sec_crf_miou", "eval/seed_miou", "eval/attn_miou")
-        if m in df.columns
-    ]
+    metrics = [m for m in FIGURE_METRICS if m in df.columns]
     df = df.dropna(subset=metrics, how="all")  # pipelines that stopped before evaluate
-    params = [c for c in df.columns if "." in c and c not in metrics and not c.startswith("eval/")]
-    labels = [
-        "\n".join([row["dvc_exp_name"] or row["pipeline_id"][-8:]] + [f"{p}={row[p]}" for p in params])
-        for _, row in df.iterrows()
-    ]
+    params = [c for c in df.columns if "." in c]
+    labels = ["\n".join([row["name"]] + [f"{p}={row[p]}" for p in params]) for _, row in df.iterrows()]
     fig, ax = plt.subplots(figsize=(max(5, 1.8 * len(df)), 4))
     width = 0.8 / max(len(metrics), 1)
     for j, m in enumerate(metrics):
         ax.bar([i + j * width for i in range(len(df))], df[m].astype(float), width=width, label=m)
-    ax.set_xticks([i + 0.4 - width / 2 for i in range(len(df))], labels, fontsize=6)
+    ax.set_xticks([i + 0.4 - width / 2 for i in range(len(df))], labels, fontsize=7)
     ax.set_ylim(0, 1)
+    ax.set_ylabel("score")
     ax.legend(fontsize=7)
-    ax.set_title("pipeline runs compared (MLflow)", fontsize=9)
+    ax.set_title("pipeline runs compared (MLflow pipeline runs, by name)", fontsize=9)
     fig.tight_layout()
     return fig
 

@@ -32,11 +32,36 @@ def overlay(image: np.ndarray, heat: np.ndarray, alpha: float = 0.5) -> np.ndarr
     return (image.astype(np.float32) * (1 - alpha) + rgb * alpha).astype(np.uint8)
 
 
-def grid_figure(rows: list[list[tuple[np.ndarray, str]]], *, cell: float = 1.8):
-    """A figure of image cells; rows[i][j] = (array, title)."""
+LEGEND_COLUMNS = 8
+
+
+def class_legend(fig, classes: list[str] | tuple[str, ...], *, void: str = "void / unlabeled") -> None:
+    """A row of VOC-palette swatches under the figure: one per class index, and 255 (`void`)."""
+    from matplotlib.patches import Patch
+
+    pal = np.array(voc_palette(), dtype=np.float64).reshape(256, 3) / 255
+    handles = [Patch(facecolor=pal[i], edgecolor="0.5", label=name) for i, name in enumerate(classes)]
+    handles.append(Patch(facecolor=pal[255], edgecolor="0.5", label=void))
+    fig.legend(
+        handles=handles,
+        loc="lower center",
+        ncol=min(len(handles), LEGEND_COLUMNS),
+        fontsize=7,
+        frameon=False,
+        handlelength=1.2,
+        columnspacing=1.0,
+    )
+
+
+def grid_figure(
+    rows: list[list[tuple[np.ndarray, str]]], *, cell: float = 1.8, classes: list[str] | tuple[str, ...] = ()
+):
+    """A figure of image cells; rows[i][j] = (array, title). `classes` (index order) adds a colour legend
+    for the label maps in the cells."""
     plt = _plt()
     nr, nc = len(rows), max(len(r) for r in rows)
-    fig, axes = plt.subplots(nr, nc, figsize=(cell * nc, cell * nr), squeeze=False)
+    legend_h = (0.22 * -(-(len(classes) + 1) // LEGEND_COLUMNS) + 0.15) if classes else 0.0  # inches
+    fig, axes = plt.subplots(nr, nc, figsize=(cell * nc, cell * nr + legend_h), squeeze=False)
     for i in range(nr):
         for j in range(nc):
             ax = axes[i][j]
@@ -46,6 +71,9 @@ def grid_figure(rows: list[list[tuple[np.ndarray, str]]], *, cell: float = 1.8):
                 ax.imshow(arr)
                 ax.set_title(title, fontsize=7)
     fig.tight_layout()
+    if classes:
+        fig.subplots_adjust(bottom=legend_h / fig.get_figheight())
+        class_legend(fig, classes)
     return fig
 
 

@@ -20,9 +20,9 @@ from gain.sec.evaluate import SegmentationScores
 # CRF post-processing, keyed by the method whose seeds SEC trained on. SEC's own row uses CAM cues, which a
 # GAP + linear head's Grad-CAM equals; GAIN_ext uses the 1,464 VOC train pixel labels.
 PAPER_VOC_VAL = {
-    "Grad-CAM": {"row": "SEC (CAM cues)", "crf": 50.7, "no_crf": 44.79},
-    "GAIN": {"row": "GAIN (S_cl + S_am)", "crf": 55.3, "no_crf": 50.78},
-    "GAIN_ext": {"row": "GAIN_ext (+ S_e)", "crf": 60.5, "no_crf": 54.77},
+    "Grad-CAM": {"paper_row": "SEC", "crf": 50.7, "no_crf": 44.79},
+    "GAIN": {"paper_row": "GAIN", "crf": 55.3, "no_crf": 50.78},
+    "GAIN_ext": {"paper_row": "GAIN_ext", "crf": 60.5, "no_crf": 54.77},
 }
 # Table 4, classification accuracy (%) on the biased boat splits.
 PAPER_BIAS = {
@@ -30,13 +30,6 @@ PAPER_BIAS = {
     "GAIN": {"object_only": 48, "context_only": 62},
     "GAIN_ext (78 px-labelled)": {"object_only": 84, "context_only": 84},
 }
-
-
-def method_name(alpha: float, ext: bool) -> str:
-    """One name per method, used in every report, figure and run name."""
-    if ext:
-        return "GAIN_ext"
-    return "GAIN" if alpha > 0 else "Grad-CAM"
 
 
 def _pct(x) -> str:
@@ -51,7 +44,7 @@ def render(
     gain: dict,
     seeds: dict,
     per_class: list[dict],
-    commands: list[str],
+    provenance: dict,
     figures: dict[str, str],
 ) -> str:
     """Markdown report. metrics: the evaluate stage's metrics.json; gain, seeds: those stages' metrics."""
@@ -66,14 +59,16 @@ def render(
         "",
         "## Segmentation mIoU (%)",
         "",
-        "| seeds from | this run, no CRF | this run, CRF | paper VOC val, no CRF | paper VOC val, CRF |",
-        "|---|---|---|---|---|",
+        "| seeds from | this run, no CRF | this run, CRF | paper VOC val, no CRF | paper VOC val, CRF | "
+        "paper row |",
+        "|---|---|---|---|---|---|",
     ]
     for name, paper in PAPER_VOC_VAL.items():
         ours = name == method
         lines.append(
-            f"| {paper['row']}{' (this run)' if ours else ''} | {_pct(metrics['sec_miou']) if ours else ''} | "
-            f"{_pct(metrics.get('sec_crf_miou')) if ours else ''} | {paper['no_crf']} | {paper['crf']} |"
+            f"| {'**' + name + '** (this run)' if ours else name} | {_pct(metrics['sec_miou']) if ours else ''} | "
+            f"{_pct(metrics.get('sec_crf_miou')) if ours else ''} | {paper['no_crf']} | {paper['crf']} | "
+            f"{paper['paper_row']} |"
         )
     comparable = (
         "this run is on VOC too."
@@ -84,7 +79,8 @@ def render(
     )
     lines += [
         "",
-        f"The paper's numbers are PASCAL VOC 2012 val; {comparable}",
+        f"The paper's numbers are PASCAL VOC 2012 val; {comparable} The paper's SEC row used CAM cues, which "
+        "for a GAP + linear head equal Grad-CAM's.",
         "",
         "## Classifier, attention and seeds",
         "",
@@ -129,8 +125,36 @@ def render(
     lines += ["", "## Figures", ""]
     for title, path in figures.items():
         lines += [f"### {title}", "", f"![{title}]({path})", ""]
-    lines += ["## How these numbers were produced", "", "```", *commands, "```", ""]
+    lines += provenance_lines(provenance)
     return "\n".join(lines)
+
+
+def provenance_lines(prov: dict) -> list[str]:
+    """report.md's last section: the command, DVC experiment, commit and the MLflow runs behind each output
+    (prov: StageRun.provenance(); empty when nothing was tracked)."""
+    if not prov:
+        return ["## How these numbers were produced", "", "(not tracked)", ""]
+    command = prov.get("command") or "python -m stages.evaluate (outside DVC)"
+    lines = [
+        "## How these numbers were produced",
+        "",
+        f"- command: `{command}`",
+        f"- params changed from {'the baseline' if prov.get('dvc_exp_baseline_rev') else 'HEAD'}: "
+        + (f"`{prov['overrides']}`" if prov.get("overrides") else "none"),
+        f"- DVC experiment: {prov.get('dvc_exp_name') or '(none: dvc repro)'}",
+        f"- git commit: {prov.get('git_commit', 'unknown')}"
+        + (" (experiment baseline)" if prov.get("dvc_exp_baseline_rev") else ""),
+        f"- MLflow store: {prov.get('tracking_uri', '')}",
+        f"- MLflow pipeline run: {prov.get('pipeline_name', '')} (`{prov.get('parent_run_id', '')}`)",
+        "",
+        "| stage | MLflow run that produced its output | in pipeline run | registered model |",
+        "|---|---|---|---|",
+    ]
+    for stage, run in prov.get("stages", {}).items():
+        lines.append(
+            f"| {stage} | `{run['run_id']}` | {run.get('pipeline_name', '')} | {run.get('registered_model', '')} |"
+        )
+    return [*lines, ""]
 
 
 def qualitative_figure(
@@ -161,7 +185,7 @@ def qualitative_figure(
         if e["crf_pred"] is not None:
             row.append((colorize(e["crf_pred"]), "SEC + CRF"))
         rows.append(row)
-    return grid_figure(rows)
+    return grid_figure(rows, classes=index.classes)
 
 
 def write_evaluation(
@@ -173,7 +197,7 @@ def write_evaluation(
     gain: dict,
     seeds: dict,
     qualitative,
-    commands: list[str],
+    provenance: dict,
 ) -> dict:
     """Write metrics.json, per_class_iou.csv, confusion.csv, the figures and report.md under `out`.
     -> the metrics dict."""
@@ -218,7 +242,7 @@ def write_evaluation(
         gain=gain,
         seeds=seeds,
         per_class=table.to_dict("records"),
-        commands=commands,
+        provenance=provenance,
         figures=figures,
     )
     write_text(out / "report.md", report)

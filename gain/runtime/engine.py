@@ -446,13 +446,20 @@ def stage_fingerprint(stage: str, params, inputs: list[str]) -> str:
     )
 
 
-def write_training_reports(result: FitResult, reports: Path, tracker, extra: dict | None = None) -> dict:
-    """history.csv (DVC plots) and metrics.json (the shipped step's evaluation and `extra`), also logged to
-    MLflow. Returns the metrics dict."""
+def write_training_reports(
+    result: FitResult, reports: Path, tracker, extra: dict | None = None, prefix: str = ""
+) -> dict:
+    """The DVC reports of a training stage, also logged to MLflow: history.csv (validation curves: step,
+    epoch where the stage has one, metrics), train_loss.csv (step, every `train/*` value the loop logged:
+    losses and lr, for all steps also across a resume) and metrics.json (the shipped step's evaluation,
+    keys prefixed with `prefix`, and `extra`). Returns the metrics dict."""
     reports = Path(reports)
     with atomic_path(reports / "history.csv") as tmp:
         pd.DataFrame(result.history).to_csv(tmp, index=False)
-    final = {**result.chosen, **(extra or {})}
+    with atomic_path(reports / "train_loss.csv") as tmp:
+        pd.DataFrame(tracker.train_log(result.step)).to_csv(tmp, index=False)
+    chosen = {f"{prefix}{k}": v for k, v in result.chosen.items() if k not in ("step", "epoch")}
+    final = {**chosen, **(extra or {})}
     write_json(reports / "metrics.json", final)
     tracker.log_metrics({k: v for k, v in final.items() if isinstance(v, int | float)})
     tracker.log_artifact(reports)

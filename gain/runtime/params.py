@@ -125,6 +125,7 @@ class EvaluateParams:
 class MlflowParams:
     experiment: str
     tracking_uri: str
+    log_models: bool = _range()
 
 
 @dataclass(frozen=True)

@@ -4,14 +4,22 @@ Tracking store: `MLFLOW_TRACKING_URI` if set, else params `runtime.mlflow.tracki
 `sqlite:///<repo>/mlflow.db` with artifacts in `<repo>/mlartifacts/`. The repo root comes from DVC's
 `DVC_ROOT` when set, so `dvc exp run --temp` and queued experiments log into the real store rather than
 into their temporary copy.
+
+The parent run is the unit of comparison: it is named after the DVC experiment (or method + short id), carries
+every DVC param, the git commit and command, the dataset and, once `evaluate` ends, the headline metrics.
+Each stage reopens it (RUNNING) and closes it again when it ends (FINISHED, or FAILED if the stage failed),
+so a pipeline stopped after any stage is left closed; a stage killed outright leaves both runs RUNNING until
+the next stage on this host marks them KILLED (`reap_dead_runs`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import socket
 import subprocess
+import time
 import urllib.error
 import urllib.request
 import uuid
@@ -19,14 +27,37 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import yaml
+
 from gain.runtime.errors import StageError
-from gain.runtime.io import write_json
-from gain.runtime.layout import RUNS
-from gain.runtime.params import STAGE_PARAMS, Params, flatten, params_hash, section_dict
+from gain.runtime.io import file_digest, write_json
+from gain.runtime.layout import CHECKPOINTS, GAIN_MODEL, INDEX, REPORTS, RUNS, SEC_MODEL
+from gain.runtime.params import STAGE_PARAMS, Params, flatten, params_hash, parse_params, section_dict
+
+# Every section that is a DVC param (the pipeline's inputs besides code and data), in params.yaml order.
+DVC_PARAMS = tuple(dict.fromkeys(k for keys in STAGE_PARAMS.values() for k in keys))
+# The file whose digest identifies what a stage run produced (tag `output_digest`): a later stage, or the
+# report, finds the run behind an output even when DVC restored that output from its cache.
+KEY_OUTPUT = {
+    "data": INDEX,
+    "gain": GAIN_MODEL,
+    "seeds": REPORTS / "seeds/metrics.json",
+    "sec": SEC_MODEL,
+    "evaluate": REPORTS / "metrics.json",
+}
+# Registered-model names of the networks a stage hands on.
+REGISTERED = {"gain": "gain-classifier", "sec": "sec-segmenter"}
 
 
 class TrackingError(StageError):
     """The tracking store cannot be used; raised before any work starts."""
+
+
+def method_name(alpha: float, ext: bool) -> str:
+    """One name per method, used in every report, figure and run name."""
+    if ext:
+        return "GAIN_ext"
+    return "GAIN" if alpha > 0 else "Grad-CAM"
 
 
 def repo_root() -> Path:
@@ -63,96 +94,79 @@ def check_reachable(uri: str, timeout: float = 5.0) -> None:
         ) from None
 
 
-def _git_commit(root: Path) -> str:
+def _git(root: Path, *args: str) -> str | None:
     try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10
-        )
-        return out.stdout.strip() if out.returncode == 0 else "unknown"
+        out = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=10)
     except OSError:
-        return "unknown"
+        return None
+    return out.stdout if out.returncode == 0 else None
+
+
+def git_commit(root: Path) -> str:
+    """HEAD of the repo (inside a DVC experiment: its baseline commit), or "unknown"."""
+    return (_git(root, "rev-parse", "HEAD") or "unknown").strip() or "unknown"
+
+
+def _dvc_process():
+    """The nearest ancestor process that is DVC (`dvc repro`, `dvc exp run`, a queue's `dvc exp exec-run`)."""
+    import psutil
+
+    proc = psutil.Process().parent()
+    while proc is not None:
+        argv = proc.cmdline()
+        head = " ".join(argv[:3])
+        if "dvc" in Path(argv[0] if argv else "").name or " -m dvc" in head or "/dvc " in head + " ":
+            return proc
+        proc = proc.parent()
+    return None
 
 
 def pipeline_id() -> str:
-    """An id shared by every stage of one `dvc repro` / `dvc exp run`: the DVC process that spawned us.
+    """An id shared by every stage of one `dvc repro` / `dvc exp run`: the DVC process that spawned us (and
+    the DVC experiment name, so two queued experiments never share one).
 
     `GAIN_PIPELINE_ID` overrides it; a stage run by hand outside DVC gets a fresh id.
     """
     if os.environ.get("GAIN_PIPELINE_ID"):
         return os.environ["GAIN_PIPELINE_ID"]
     try:
-        import psutil
-
-        proc = psutil.Process().parent()
-        while proc is not None:
-            cmd = " ".join(proc.cmdline()[:3])
-            if "dvc" in Path(cmd.split(" ")[0]).name or " -m dvc" in cmd or "/dvc " in cmd + " ":
-                return f"dvc-{proc.pid}-{int(proc.create_time() * 1000)}"
-            proc = proc.parent()
+        proc = _dvc_process()
+        if proc is not None:
+            exp = os.environ.get("DVC_EXP_NAME", "")
+            return f"dvc-{proc.pid}-{int(proc.create_time() * 1000)}" + (f"-{exp}" if exp else "")
     except Exception:  # psutil missing or a process vanished: fall back to a fresh id
         pass
     return f"manual-{uuid.uuid4().hex[:12]}"
 
 
-class NullRun:
-    """Stand-in for non-zero DDP ranks: logs nothing."""
-
-    run_id = None
-
-    def log_metrics(self, metrics: dict, step: int | None = None) -> None:
-        pass
-
-    def log_artifact(self, path, artifact_path: str | None = None) -> None:
-        pass
-
-    def log_figure(self, fig, name: str) -> None:
-        pass
-
-    def log_dict(self, d: dict, name: str) -> None:
-        pass
-
-    def log_model(self, model, name: str) -> None:
-        pass
+def dvc_command() -> str:
+    """The command line of the DVC process running this stage (`dvc exp run --temp -S gain.alpha=0`);
+    "" outside DVC. A queued experiment shows as DVC's own `dvc exp exec-run ...`."""
+    try:
+        proc = _dvc_process()
+        argv = proc.cmdline() if proc is not None else []
+    except Exception:
+        return ""
+    for i, arg in enumerate(argv):
+        if Path(arg).name == "dvc" or arg == "dvc":
+            return " ".join(["dvc", *argv[i + 1 :]])
+        if arg == "-m" and i + 1 < len(argv) and argv[i + 1] == "dvc":
+            return " ".join(["dvc", *argv[i + 2 :]])
+    return " ".join(argv)
 
 
-class StageRun(NullRun):
-    """Thin wrapper over the active MLflow run (metrics with steps, artifacts, figures)."""
-
-    def __init__(self, run_id: str):
-        self.run_id = run_id
-
-    def log_metrics(self, metrics: dict, step: int | None = None) -> None:
-        import mlflow
-
-        mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step)
-
-    def log_artifact(self, path, artifact_path: str | None = None) -> None:
-        import mlflow
-
-        path = Path(path)
-        if path.is_dir():
-            mlflow.log_artifacts(str(path), artifact_path=artifact_path)
-        elif path.exists():
-            mlflow.log_artifact(str(path), artifact_path=artifact_path)
-
-    def log_figure(self, fig, name: str) -> None:
-        import mlflow
-
-        mlflow.log_figure(fig, name)
-
-    def log_dict(self, d: dict, name: str) -> None:
-        import mlflow
-
-        mlflow.log_dict(d, name)
-
-    def log_model(self, model, name: str) -> None:
-        import mlflow.pytorch
-
-        # Explicit requirements and pickle format: the default pt2 export needs an input example and
-        # pip inference takes ~10 s.
-        mlflow.pytorch.log_model(
-            model, name=name, serialization_format="pickle", pip_requirements=["torch", "torchvision"]
-        )
+def param_overrides(params: Params, root: Path, rev: str) -> list[str]:
+    """`key=value` for every DVC param that differs from params.yaml at git revision `rev` (what `-S` or an
+    edit changed), sorted; [] when that file cannot be read."""
+    text = _git(root, "show", f"{rev}:params.yaml")
+    if not text:
+        return []
+    try:
+        base = flatten(section_dict(parse_params(yaml.safe_load(text), f"{rev}:params.yaml"), DVC_PARAMS))
+    except Exception:  # the baseline's params.yaml follows an older schema
+        return []
+    now = flatten(section_dict(params, DVC_PARAMS))
+    return [f"{k}={v}" for k, v in sorted(now.items()) if base.get(k) != v]
 
 
 def _process_tag() -> str:
@@ -175,7 +189,8 @@ def _alive(process_tag: str) -> bool:
 
 def reap_dead_runs(client, exp_id: str) -> list[str]:
     """Mark KILLED the stage runs still RUNNING whose process on this host is gone (a stage killed with
-    SIGKILL, a machine that lost power): they would otherwise show as running forever. -> their run ids."""
+    SIGKILL, a machine that lost power), and their pipeline runs: they would otherwise show as running
+    forever. -> the stage run ids."""
     host = socket.gethostname()
     stale = client.search_runs(
         [exp_id],
@@ -187,6 +202,9 @@ def reap_dead_runs(client, exp_id: str) -> list[str]:
         if tag and not _alive(tag):
             client.set_terminated(run.info.run_id, status="KILLED")
             reaped.append(run.info.run_id)
+            parent = run.data.tags.get("mlflow.parentRunId")
+            if parent and client.get_run(parent).info.status == "RUNNING":
+                client.set_terminated(parent, status="KILLED")
     return reaped
 
 
@@ -204,13 +222,240 @@ def _experiment_id(client, name: str, root: Path) -> str:
         return exp.experiment_id
 
 
+def _metric_values(metrics: dict) -> dict[str, float]:
+    """The numeric entries of `metrics` (bools, strings, None and NaN left out: MLflow stores floats)."""
+    out = {}
+    for k, v in metrics.items():
+        if isinstance(v, int | float) and not isinstance(v, bool) and v == v:
+            out[k] = float(v)
+    return out
+
+
+class NullRun:
+    """Stand-in for non-zero DDP ranks: logs nothing."""
+
+    run_id = None
+    parent_id = None
+
+    def log_metrics(self, metrics: dict, step: int | None = None) -> None:
+        pass
+
+    def log_artifact(self, path, artifact_path: str | None = None) -> None:
+        pass
+
+    def log_figure(self, fig, name: str) -> None:
+        pass
+
+    def log_dict(self, d: dict, name: str) -> None:
+        pass
+
+    def log_model(self, model, path: Path, *, example_size: int) -> None:
+        pass
+
+    def log_dataset(self, index) -> None:
+        pass
+
+    def log_pipeline_metrics(self, metrics: dict) -> None:
+        pass
+
+    def train_log(self, upto: int) -> list[dict]:
+        return []
+
+    def provenance(self) -> dict:
+        return {}
+
+
+class StageRun(NullRun):
+    """The active MLflow stage run: metrics with steps, artifacts, figures, the handed-on model, the dataset,
+    the parent's headline metrics; and a per-step log of the training metrics (`train_log`)."""
+
+    def __init__(
+        self, client, run_id: str, parent_id: str, stage: str, info: dict, *, log_models: bool = True
+    ):
+        self.client, self.run_id, self.parent_id = client, run_id, parent_id
+        self.stage, self.info, self.log_models = stage, info, log_models
+        # Training metrics of every step, kept beside the resume checkpoint so a resumed run still writes
+        # the whole curve; one file per params hash, so another configuration's steps never mix in.
+        self.step_log = CHECKPOINTS / stage / f"train_log-{info['params_hash']}.jsonl"
+
+    def log_metrics(self, metrics: dict, step: int | None = None) -> None:
+        import mlflow
+
+        mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step)
+        train = {k.removeprefix("train/"): float(v) for k, v in metrics.items() if k.startswith("train/")}
+        if step is not None and train:
+            self.step_log.parent.mkdir(parents=True, exist_ok=True)
+            with open(self.step_log, "a") as f:
+                f.write(json.dumps({"step": step, **train}) + "\n")
+
+    def train_log(self, upto: int) -> list[dict]:
+        """One row per step 1..upto of the logged `train/*` metrics (a replayed step's latest values)."""
+        rows: dict[int, dict] = {}
+        if self.step_log.is_file():
+            for line in self.step_log.read_text().splitlines():
+                try:
+                    row = json.loads(line)
+                except ValueError:  # a line torn by a kill
+                    continue
+                if 0 < row["step"] <= upto:
+                    rows[row["step"]] = row
+        return [rows[s] for s in sorted(rows)]
+
+    def log_artifact(self, path, artifact_path: str | None = None) -> None:
+        import mlflow
+
+        path = Path(path)
+        if path.is_dir():
+            mlflow.log_artifacts(str(path), artifact_path=artifact_path)
+        elif path.exists():
+            mlflow.log_artifact(str(path), artifact_path=artifact_path)
+
+    def log_figure(self, fig, name: str) -> None:
+        import mlflow
+
+        mlflow.log_figure(fig, name)
+
+    def log_dict(self, d: dict, name: str) -> None:
+        import mlflow
+
+        mlflow.log_dict(d, name)
+
+    def log_model(self, model, path: Path, *, example_size: int) -> None:
+        """Log `model` (the network loaded back from its stage output `path`, so exactly the weights later
+        stages use) in MLflow's safe `pt2` format with a signature and an input example, register it as
+        REGISTERED[stage], and keep `path` itself as artifact `checkpoint/<name>` (what `gain.predict
+        --model-version` loads). Images: (N, 3, H, W) float32, ImageNet-normalised, any N, H and W.
+        Skipped when params `runtime.mlflow.log_models` is false."""
+        if not self.log_models:
+            return
+        import mlflow.pytorch
+        import numpy as np
+        import torch
+        from mlflow.models import ModelSignature
+        from mlflow.types import Schema, TensorSpec
+
+        model = model.cpu().eval()
+        # Batch 2 and a small size: torch.export fixes dimensions of size 1, and the example is stored as JSON.
+        size = min(example_size, 64)
+        example = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0))
+        with torch.no_grad():
+            out = model(example)
+        dims = (-1, out.shape[1], *(-1,) * (out.dim() - 2))  # (N, C) logits or (N, C, h, w) scores
+        signature = ModelSignature(
+            inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, 3, -1, -1))]),
+            outputs=Schema([TensorSpec(np.dtype(np.float32), dims)]),
+        )
+        name = REGISTERED[self.stage]
+        info = mlflow.pytorch.log_model(
+            model,
+            name="model",
+            serialization_format="pt2",
+            signature=signature,
+            input_example=example.numpy(),
+            # Explicit requirements: inferring them imports and probes the model (~10 s).
+            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
+            registered_model_name=name,
+            metadata={"source_file": str(path), "sha256": file_digest(path)},
+        )
+        mlflow.log_artifact(str(path), artifact_path="checkpoint")
+        version = str(info.registered_model_version)
+        for key in ("pipeline_name", "pipeline_id", "git_commit", "dvc_exp_name"):
+            self.client.set_model_version_tag(name, version, key, self.info[key])
+        self.client.set_model_version_tag(name, version, "sha256", file_digest(path))
+        self.client.set_tag(self.run_id, "registered_model", f"{name}/{version}")
+        self.client.set_tag(self.parent_id, f"model.{name}", version)
+
+    def log_dataset(self, index) -> None:
+        """The dataset (a DatasetIndex) as an input of this run and of the pipeline run, with its digest."""
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+
+        splits = {k: len(v) for k, v in sorted(index.splits.items())}
+        entity = Dataset(
+            name=index.source,
+            digest=index.digest[:16] or "unknown",  # MLflow keeps at most 36 characters
+            source_type="local",
+            source=json.dumps({"uri": str(Path(index.root).resolve())}),
+            profile=json.dumps({"sha256": index.digest, "classes": list(index.classes), "splits": splits}),
+        )
+        tags = [InputTag("mlflow.data.context", self.stage)]
+        for run_id in (self.run_id, self.parent_id):
+            self.client.log_inputs(run_id, datasets=[DatasetInput(entity, tags)])
+
+    def log_pipeline_metrics(self, metrics: dict) -> None:
+        """Headline metrics onto the pipeline run (and this run), where runs are compared."""
+        import mlflow
+        from mlflow.entities import Metric
+
+        values = _metric_values(metrics)
+        mlflow.log_metrics(values)
+        now = int(time.time() * 1000)
+        self.client.log_batch(self.parent_id, metrics=[Metric(k, v, now, 0) for k, v in values.items()])
+
+    def provenance(self) -> dict:
+        """What report.md names: command, DVC experiment, commit, param overrides, the pipeline run, and for
+        each stage the run that produced its current output (found by the output's digest)."""
+        exp_id = self.client.get_run(self.run_id).info.experiment_id
+        stages = {}
+        for stage, path in KEY_OUTPUT.items():
+            if stage == self.stage:
+                stages[stage] = {"run_id": self.run_id, "pipeline_name": self.info["pipeline_name"]}
+                continue
+            if not Path(path).is_file():
+                continue
+            found = self.client.search_runs(
+                [exp_id],
+                filter_string=f"tags.stage = '{stage}' and tags.output_digest = '{file_digest(path)}'",
+                order_by=["attributes.start_time DESC"],
+                max_results=1,
+            )
+            if found:
+                tags = found[0].data.tags
+                stages[stage] = {
+                    "run_id": found[0].info.run_id,
+                    "pipeline_name": tags.get("pipeline_name", ""),
+                    "registered_model": tags.get("registered_model", ""),
+                }
+        return {**self.info, "parent_run_id": self.parent_id, "stages": stages}
+
+
+def _pipeline_run(client, exp_id: str, info: dict, params: Params) -> str:
+    """Find this pipeline's parent run and reopen it, or create it (named, tagged, every DVC param)."""
+    parents = client.search_runs(
+        [exp_id], filter_string=f"tags.pipeline_id = '{info['pipeline_id']}' and tags.kind = 'pipeline'"
+    )
+    if parents:
+        parent_id = parents[0].info.run_id
+        client.update_run(parent_id, status="RUNNING")
+        info["pipeline_name"] = parents[0].info.run_name
+        return parent_id
+    tags = {k: info[k] for k in ("pipeline_id", "git_commit", "dvc_exp_name", "dvc_exp_baseline_rev")}
+    tags |= {"kind": "pipeline", "method": info["method"], "command": info["command"][:5000]}
+    tags |= {"overrides": info["overrides"][:5000]}
+    parent = client.create_run(exp_id, tags=tags)
+    parent_id = parent.info.run_id
+    info["pipeline_name"] = info["dvc_exp_name"] or f"{info['method']}-{parent_id[:8]}"
+    client.update_run(parent_id, name=info["pipeline_name"])
+    entities = _params_entities(flatten(section_dict(params, DVC_PARAMS)))
+    for i in range(0, len(entities), 100):  # MLflow takes at most 100 params per call
+        client.log_batch(parent_id, params=entities[i : i + 100])
+    return parent_id
+
+
+def _params_entities(flat: dict) -> list:
+    from mlflow.entities import Param
+
+    return [Param(k, str(v)[:6000]) for k, v in flat.items()]
+
+
 @contextmanager
 def stage_run(stage: str, params: Params, *, enabled: bool = True) -> Iterator[NullRun]:
-    """Open the MLflow run of one stage execution, nested under its pipeline's parent run.
+    """Open the MLflow run of one stage execution (run name = stage), nested under its pipeline's run.
 
-    Tags: stage, git commit, params hash, pipeline id, DVC experiment name/baseline; the stage's params are
-    logged flat (`gain.alpha`). Writes `runs/<stage>.json` with the run id so DVC-restored outputs still
-    point at the run that produced them. `enabled=False` (non-zero DDP ranks) logs nothing.
+    Tags: stage, git commit, params hash, pipeline id and name, DVC experiment name/baseline, the command;
+    the stage's params are logged flat (`gain.alpha`), the pipeline run carries all of them. When the block
+    ends the stage run and the pipeline run are closed with the same status; a successful stage tags the
+    digest of its key output (KEY_OUTPUT) and writes `runs/<stage>.json` with the run id.
+    `enabled=False` (non-zero DDP ranks) logs nothing.
     """
     if not enabled:
         yield NullRun()
@@ -231,48 +476,62 @@ def stage_run(stage: str, params: Params, *, enabled: bool = True) -> Iterator[N
         ) from e
 
     reap_dead_runs(client, exp_id)
-    pid = pipeline_id()
-    parents = client.search_runs(
-        [exp_id], filter_string=f"tags.pipeline_id = '{pid}' and tags.kind = 'pipeline'", max_results=1
-    )
-    exp_name = os.environ.get("DVC_EXP_NAME", "")
-    if parents:
-        parent_id = parents[0].info.run_id
-    else:
-        parent = client.create_run(
-            exp_id,
-            run_name=f"pipeline {exp_name or pid}",
-            tags={"kind": "pipeline", "pipeline_id": pid, "dvc_exp_name": exp_name},
-        )
-        parent_id = parent.info.run_id
-        client.set_terminated(parent_id)
-
     used = section_dict(params, STAGE_PARAMS[stage])
+    baseline = os.environ.get("DVC_EXP_BASELINE_REV", "")
+    commit = git_commit(root)
+    info = {
+        "pipeline_id": pipeline_id(),
+        "git_commit": commit,
+        "dvc_exp_name": os.environ.get("DVC_EXP_NAME", ""),
+        "dvc_exp_baseline_rev": baseline,
+        "method": method_name(params.gain.alpha, params.gain.ext),
+        "command": dvc_command(),
+        "overrides": " ".join(param_overrides(params, root, baseline or "HEAD"))
+        if commit != "unknown"
+        else "",
+        "params_hash": params_hash(used),
+        "tracking_uri": uri,
+    }
+    parent_id = _pipeline_run(client, exp_id, info, params)
     tags = {
         "kind": "stage",
         "stage": stage,
         "dvc_stage": os.environ.get("DVC_STAGE", stage),
-        "pipeline_id": pid,
-        "git_commit": _git_commit(root),
-        "params_hash": params_hash(used),
-        "dvc_exp_name": exp_name,
-        "dvc_exp_baseline_rev": os.environ.get("DVC_EXP_BASELINE_REV", ""),
         "host": socket.gethostname(),
         "process": _process_tag(),
+        **{k: info[k] for k in info if k not in ("method", "overrides", "tracking_uri")},
     }
-    with mlflow.start_run(experiment_id=exp_id, run_name=stage, parent_run_id=parent_id, tags=tags) as run:
-        mlflow.log_params(flatten(used))
-        # Every stage also records the whole params file, so any run can be compared on any knob.
-        client.log_dict(run.info.run_id, dataclasses.asdict(params), "params.json")
-        tracker = StageRun(run.info.run_id)
-        yield tracker
-        write_json(
-            RUNS / f"{stage}.json",
-            {
-                "run_id": run.info.run_id,
-                "pipeline_id": pid,
-                "experiment_id": exp_id,
-                "tracking_uri": uri,
-                "params_hash": tags["params_hash"],
-            },
-        )
+    tags["command"] = tags["command"][:5000]
+    status = "FAILED"
+    try:
+        with mlflow.start_run(
+            experiment_id=exp_id, run_name=stage, parent_run_id=parent_id, tags=tags
+        ) as run:
+            client.set_tag(parent_id, "last_stage", stage)
+            mlflow.log_params(flatten(used))
+            # Every stage also records the whole params file, so any run can be compared on any knob.
+            client.log_dict(run.info.run_id, dataclasses.asdict(params), "params.json")
+            tracker = StageRun(
+                client, run.info.run_id, parent_id, stage, info, log_models=params.runtime.mlflow.log_models
+            )
+            yield tracker
+            if Path(KEY_OUTPUT[stage]).is_file():
+                mlflow.set_tag("output_digest", file_digest(KEY_OUTPUT[stage]))
+            write_json(
+                RUNS / f"{stage}.json",
+                {
+                    "run_id": run.info.run_id,
+                    "parent_run_id": parent_id,
+                    "pipeline_id": info["pipeline_id"],
+                    "pipeline_name": info["pipeline_name"],
+                    "experiment_id": exp_id,
+                    "tracking_uri": uri,
+                    "params_hash": info["params_hash"],
+                },
+            )
+        status = "FINISHED"
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
+    finally:
+        client.set_terminated(parent_id, status=status)
