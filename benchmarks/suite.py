@@ -269,7 +269,7 @@ def bench_seeds(params, rt, reps: Reps) -> dict:
     g, num_fg = params.gain, params.data.synthetic.num_classes
     items = synthetic_items(64, size=g.input_size, num_fg=num_fg, seed=params.seed + 1)
     torch.manual_seed(params.seed)
-    classifier = Classifier(g.backbone, num_fg, weights="none").to(rt.device).eval()
+    classifier = Classifier(g.backbone, num_fg, weights="none", head=g.head).to(rt.device).eval()
     if rt.channels_last:
         classifier = classifier.to(memory_format=torch.channels_last)
     kw = {"batch_size": params.runtime.seeds_batch_size, "flip": params.seeds.flip}

@@ -5,6 +5,7 @@ import torch
 import torchvision
 
 from gain.cam.model import Classifier
+from gain.models import backbones
 from gain.models.backbones import (
     SmallTrunk,
     WeightsError,
@@ -77,6 +78,41 @@ def test_classifier_resnet50_features_stride_32():
         feats = clf.features(torch.randn(2, 3, 64, 64))
         assert feats.shape == (2, 2048, 2, 2)
         assert clf.head(feats).shape == (2, 20)
+
+
+def test_classifier_vgg_fc_head_is_vggs_own_fc6_fc7_on_conv5_3(monkeypatch):
+    # Stands in for torchvision's ImageNet VGG16 (no download here): a VGG16 with seeded random weights.
+    torch.manual_seed(0)
+    source = torchvision.models.vgg16(weights=None).eval()
+    calls = []
+
+    def fake_torchvision_model(name, imagenet):
+        calls.append((name, imagenet))
+        return source
+
+    monkeypatch.setattr(backbones, "torchvision_model", fake_torchvision_model)
+    clf = Classifier("vgg16", 20, weights="imagenet", head="vgg_fc").eval()
+    assert calls == [("vgg16", True)]  # one load serves conv1_1..conv5_3 and fc6/fc7
+    x = torch.randn(1, 3, 224, 224)
+    with torch.no_grad():
+        feats = clf.features(x)
+        assert feats.shape == (1, 512, 14, 14)  # attention stays on conv5_3, before pool5
+        # VGG16's own forward up to fc7 (classifier[:6]), then the new class layer.
+        fc7 = source.classifier[:6](torch.flatten(source.avgpool(source.features(x)), 1))
+        assert torch.allclose(clf.head(feats), clf.fc(fc7), atol=1e-5)
+    assert clf.fc.in_features == 4096 and clf.fc.out_features == 20
+    trunk, fc = clf.param_groups(weight_decay=5e-4)
+    fc6, fc7 = source.classifier[0], source.classifier[3]
+    assert {id(fc6.weight), id(fc7.bias)} <= {id(p) for p in trunk["params"]} and trunk["lr_mult"] == 1
+    assert {id(p) for p in fc["params"]} == {id(clf.fc.weight), id(clf.fc.bias)} and fc["lr_mult"] == 10
+    assert sorted(param_ids([trunk, fc])) == sorted(id(p) for p in clf.parameters())
+
+
+def test_vgg_fc_head_needs_vgg16():
+    with pytest.raises(ValueError, match="vgg_fc: needs the vgg16 backbone, got 'small'"):
+        Classifier("small", 20, head="vgg_fc")
+    with pytest.raises(ValueError, match="head: 'fc' is not one of"):
+        Classifier("small", 20, head="fc")
 
 
 # ---------------------------------------------------------------- parameter groups

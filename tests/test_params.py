@@ -263,6 +263,19 @@ def test_heldout_selection_needs_a_heldout_fraction():
         parse({"sec": {"select": "heldout", "heldout_fraction": 0.0}})
     with pytest.raises(ParamsError, match=r"sec\.select: 'best' is not allowed"):
         parse({"sec": {"select": "best"}})
+    assert parse({"gain": {"select": "heldout", "heldout_fraction": 0.2}}).gain.heldout_fraction == 0.2
+    with pytest.raises(
+        ParamsError, match=r"gain\.heldout_fraction: must be > 0 when gain\.select is heldout"
+    ):
+        parse({"gain": {"select": "heldout", "heldout_fraction": 0.0}})
+
+
+def test_vgg_fc_head_needs_the_vgg16_backbone():
+    assert parse({"gain": {"backbone": "vgg16", "head": "vgg_fc"}}).gain.head == "vgg_fc"
+    with pytest.raises(ParamsError, match=r"gain\.head: vgg_fc .* needs gain\.backbone vgg16, got 'small'"):
+        parse({"gain": {"head": "vgg_fc"}})
+    with pytest.raises(ParamsError, match=r"gain\.head: 'fc' is not allowed"):
+        parse({"gain": {"head": "fc"}})
 
 
 def test_paper_defaults_of_the_fidelity_options():

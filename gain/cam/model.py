@@ -15,28 +15,43 @@ from gain.models.backbones import build_trunk
 from gain.runtime.checkpoint import load_checkpoint
 from gain.runtime.params import GainParams
 
+HEADS = ("gap", "vgg_fc")
+
 
 class Classifier(nn.Module):
-    """Multi-label classifier: feats = trunk(x) (B, K, h, w); logits = head(feats) (B, C-1), GAP + linear."""
+    """Multi-label classifier: feats = trunk(x) (B, K, h, w), the map attention is computed on; logits =
+    head(feats) (B, C-1). head "gap": global average pooling + a linear layer; "vgg_fc" (vgg16 only):
+    VGG16's pool5, fc6 and fc7 (ImageNet's with `weights: imagenet`) + a new linear class layer."""
 
-    def __init__(self, backbone: str, num_classes: int, weights: str = "none"):
+    def __init__(self, backbone: str, num_classes: int, weights: str = "none", head: str = "gap"):
         super().__init__()
-        self.trunk, ch = build_trunk(backbone, weights)
+        if head not in HEADS:
+            raise ValueError(f"head: {head!r} is not one of {HEADS}")
+        if head == "vgg_fc":
+            self.trunk, _, self.fc_layers, ch = build_trunk(backbone, weights, fc_head=True)
+        else:
+            self.trunk, ch = build_trunk(backbone, weights)
+            self.fc_layers = None
         self.fc = nn.Linear(ch, num_classes)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         return self.trunk(x)
 
     def head(self, feats: torch.Tensor) -> torch.Tensor:
-        return self.fc(feats.mean(dim=(2, 3)))
+        if self.fc_layers is None:
+            return self.fc(feats.mean(dim=(2, 3)))
+        return self.fc(self.fc_layers(feats))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))
 
     def param_groups(self, weight_decay: float) -> list[dict]:
-        """The backbone at the base learning rate, the new classification layer at 10x (`lr_mult`)."""
+        """The backbone (and VGG16's fc6/fc7) at the base learning rate, the new class layer at 10x."""
+        base = list(self.trunk.parameters())
+        if self.fc_layers is not None:
+            base += list(self.fc_layers.parameters())
         return [
-            {"params": list(self.trunk.parameters()), "weight_decay": weight_decay, "lr_mult": 1},
+            {"params": base, "weight_decay": weight_decay, "lr_mult": 1},
             {"params": list(self.fc.parameters()), "weight_decay": weight_decay, "lr_mult": 10},
         ]
 
@@ -126,7 +141,7 @@ def _black(x: torch.Tensor) -> torch.Tensor:
 
 
 def build_gain(p: GainParams, num_fg: int) -> GAIN:
-    classifier = Classifier(p.backbone, num_fg, weights=p.weights)
+    classifier = Classifier(p.backbone, num_fg, weights=p.weights, head=p.head)
     return GAIN(
         classifier,
         sigma=p.sigma,
@@ -142,7 +157,7 @@ def load_classifier(path: Path) -> tuple[Classifier, dict]:
     """The trained classifier of a GAIN model file (models/gain/model.pt) and the GAIN params it used."""
     state = load_checkpoint(path)
     p = state["params"]
-    classifier = Classifier(p["backbone"], len(state["classes"]) - 1, weights="none")
+    classifier = Classifier(p["backbone"], len(state["classes"]) - 1, weights="none", head=p["head"])
     prefix = "classifier."
     classifier.load_state_dict(
         {k[len(prefix) :]: v for k, v in state["model"].items() if k.startswith(prefix)}

@@ -13,17 +13,12 @@ from gain.cam.evaluate import attention_figure, evaluate_classifier
 from gain.cam.losses import gain_loss
 from gain.cam.model import build_gain
 from gain.data.dataset import DatasetIndex, VOCDataset
+from gain.data.heldout import carve_heldout
 from gain.data.transforms import eval_preset, train_preset
 from gain.evaluation.figures import close_figure, save_figure
 from gain.runtime.engine import FitResult, Loop, Runtime, Schedule, fit, sgd, steps_per_epoch, unwrap
 from gain.runtime.params import GainParams, RuntimeParams
-
-
-def method_name(p: GainParams) -> str:
-    """One name per method, used in every report, figure and run name."""
-    if p.ext:
-        return "GAIN_ext"
-    return "GAIN" if p.alpha > 0 else "Grad-CAM"
+from gain.runtime.tracking import method_name
 
 
 def gain_step_losses(net, batch: dict, p: GainParams, rt: Runtime, *, mine: bool = True) -> dict:
@@ -60,15 +55,22 @@ def train_gain(
     figure_dir: Path | None = None,
 ) -> tuple[FitResult, torch.nn.Module]:
     """Train GAIN; -> (FitResult, the GAIN module). Resume checkpoints go to ckpt_dir; the attention figure
-    of the latest epoch to figure_dir/attention.png."""
+    of the latest epoch to figure_dir/attention.png.
+
+    `p.select`: "last" ships the last step (the paper); "heldout" carves `p.heldout_fraction` of the
+    training ids out of training and ships the epoch with the best mAP on them (`heldout_map`: image
+    labels only, all weak supervision has). The val metrics of every epoch are monitoring curves either way.
+    """
     model = build_gain(p, index.num_classes - 1).to(rt.device)
     if rt.channels_last:
         model = model.to(memory_format=torch.channels_last)
     pixel = set(index.splits.get("pixel", [])) if p.ext else set()
-    train_set = VOCDataset(
-        index, index.splits["weak_train"], train_preset(p.input_size), seed=seed, with_masks=pixel
-    )
+    train_ids, heldout_ids = index.splits["weak_train"], []
+    if p.select == "heldout":
+        train_ids, heldout_ids = carve_heldout(train_ids, p.heldout_fraction, seed, what="training ids")
+    train_set = VOCDataset(index, train_ids, train_preset(p.input_size), seed=seed, with_masks=pixel)
     val_set = VOCDataset(index, index.splits["val"], eval_preset(p.input_size), seed=seed)
+    heldout_set = VOCDataset(index, heldout_ids, eval_preset(p.input_size), seed=seed)
     per_epoch = steps_per_epoch(len(train_set), p.batch_size, rt.world_size)
     total, warmup_steps = p.epochs * per_epoch, p.warmup_epochs * per_epoch
     optimizer = sgd(model.classifier.param_groups(p.weight_decay), lr=p.lr, momentum=p.momentum)
@@ -80,8 +82,10 @@ def train_gain(
             return {}
         clf = unwrap(model).classifier
         metrics = {**evaluate_classifier(clf, val_set, rt), "epoch": step // per_epoch}
+        if heldout_ids:
+            metrics["heldout_map"] = evaluate_classifier(clf, heldout_set, rt)["map"]
         if vis_idx:
-            fig = attention_figure(clf, val_set, vis_idx, rt, title=method_name(p))
+            fig = attention_figure(clf, val_set, vis_idx, rt, title=method_name(p.alpha, p.ext))
             tracker.log_figure(fig, f"attention/epoch_{step // per_epoch:03d}.png")
             if figure_dir is not None:
                 save_figure(fig, figure_dir / "attention.png")
@@ -106,6 +110,7 @@ def train_gain(
         ckpt_every=knobs.gain_ckpt_every,
         seed=seed,
         workers=knobs.workers,
+        select="heldout_map" if heldout_ids else None,
         desc="gain",
     )
     result = fit(loop, schedule, rt=rt, tracker=tracker, ckpt_dir=ckpt_dir, fingerprint=fingerprint)

@@ -130,18 +130,36 @@ def decimate_vgg16_fc(
     }
 
 
-def build_trunk(name: str, weights: str = "none", *, dilated: bool = False) -> tuple[nn.Module, int]:
-    """Feature trunk and its channel count.
+def vgg16_fc_head(net: nn.Module) -> tuple[nn.Sequential, int]:
+    """VGG16's own classifier on conv5_3 features, for the GAIN stream on VOC (`gain.head: vgg_fc`): pool5,
+    the 7x7 adaptive average pool torchvision uses, fc6 and fc7 with their ReLU and dropout, taken from
+    `net` (so ImageNet's when `net` has them). -> (the layers, 4096 output features); the class layer
+    (fc8) is the classifier's own."""
+    fc6_fc7 = list(net.classifier.children())[:6]  # fc6, relu, dropout, fc7, relu, dropout
+    return nn.Sequential(nn.MaxPool2d(2, 2), net.avgpool, nn.Flatten(1), *fc6_fc7), fc6_fc7[3].out_features
+
+
+def build_trunk(
+    name: str, weights: str = "none", *, dilated: bool = False, fc_head: bool = False
+) -> tuple[nn.Module, int] | tuple[nn.Module, int, nn.Sequential, int]:
+    """Feature trunk and its channel count; with `fc_head` (vgg16 only) also `vgg16_fc_head` of the same
+    torchvision network and its width: (trunk, channels, fc layers, fc width).
 
     vgg16: `vgg16_trunk` (dilated: DeepLab-LargeFOV's output stride 8). resnet50: conv1..layer4.
-    `weights`: none | imagenet (torchvision's cache) | path to a state_dict.
+    `weights`: none | imagenet (torchvision's cache) | path to a state_dict (of the trunk).
     """
+    if fc_head and name != "vgg16":
+        raise ValueError(f"head vgg_fc: needs the vgg16 backbone, got {name!r}")
     if name == "small":
         if weights == "imagenet":
             raise ValueError("weights: the small backbone has no ImageNet weights; use none or a path")
         trunk, ch = SmallTrunk(), SmallTrunk.out_channels
     elif name == "vgg16":
-        trunk, ch = vgg16_trunk(torchvision_model("vgg16", weights == "imagenet"), dilated=dilated), 512
+        net = torchvision_model("vgg16", weights == "imagenet")
+        trunk, ch = vgg16_trunk(net, dilated=dilated), 512
+        if fc_head:
+            _load_weights(trunk, weights)
+            return (trunk, ch, *vgg16_fc_head(net))
     elif name == "resnet50":
         net = torchvision_model("resnet50", weights == "imagenet")
         trunk = nn.Sequential(

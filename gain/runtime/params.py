@@ -64,6 +64,7 @@ class DataParams:
 class GainParams:
     backbone: Literal["small", "vgg16", "resnet50"]
     weights: str
+    head: Literal["gap", "vgg_fc"]
     input_size: int = _range(32, 1024)
     batch_size: int = _range(1)
     epochs: int = _range(1)
@@ -80,6 +81,8 @@ class GainParams:
     masked_bn: Literal["batch", "running"] = _range()
     erase: Literal["mean", "black"] = _range()
     am_grad: Literal["all", "mask"] = _range()
+    select: Literal["last", "heldout"] = _range()
+    heldout_fraction: float = _range(0.0, 0.5)
 
 
 @dataclass(frozen=True)
@@ -275,10 +278,16 @@ def parse_params(raw: dict, source: str = "params.yaml") -> Params:
             f"{source}: data.synthetic.bias_class: {syn.bias_class} is out of range; "
             f"allowed [1, data.synthetic.num_classes={syn.num_classes}]"
         )
-    if params.sec.select == "heldout" and params.sec.heldout_fraction <= 0:
+    for name, section in (("gain", params.gain), ("sec", params.sec)):
+        if section.select == "heldout" and section.heldout_fraction <= 0:
+            raise ParamsError(
+                f"{source}: {name}.heldout_fraction: must be > 0 when {name}.select is heldout, got "
+                f"{section.heldout_fraction}"
+            )
+    if params.gain.head == "vgg_fc" and params.gain.backbone != "vgg16":
         raise ParamsError(
-            f"{source}: sec.heldout_fraction: must be > 0 when sec.select is heldout, got "
-            f"{params.sec.heldout_fraction}"
+            f"{source}: gain.head: vgg_fc is VGG16's fc6/fc7 and needs gain.backbone vgg16, got "
+            f"{params.gain.backbone!r}"
         )
     if syn.pixel_labelled > syn.n_train:
         raise ParamsError(
