@@ -157,7 +157,9 @@ def load_classifier(path: Path) -> tuple[Classifier, dict]:
     """The trained classifier of a GAIN model file (models/gain/model.pt) and the GAIN params it used."""
     state = load_checkpoint(path)
     p = state["params"]
-    classifier = Classifier(p["backbone"], len(state["classes"]) - 1, weights="none", head=p["head"])
+    # Model files written before gain.head existed hold GAP-head classifiers.
+    head = p.get("head", "gap")
+    classifier = Classifier(p["backbone"], len(state["classes"]) - 1, weights="none", head=head)
     prefix = "classifier."
     classifier.load_state_dict(
         {k[len(prefix) :]: v for k, v in state["model"].items() if k.startswith(prefix)}
