@@ -9,9 +9,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from gain.data.dataset import DatasetIndex
 from gain.study.__main__ import main
+from gain.study.diagnostics import rolled
 from gain.study.runner import ABLATIONS, METRICS, aggregate, heldout_index, set_dotted
 
 SEEDS = [0, 1]
@@ -123,3 +125,12 @@ def test_heldout_index_scores_on_training_ids_only():
     assert not set(held.splits["pixel"]) & set(held.splits["val"])
     assert held.splits["seed_eval"] == held.splits["weak_train"]
     assert heldout_index(index, 0.2, seed=0).splits == held.splits
+
+
+def test_rolled_mask_keeps_its_area_and_moves():
+    t = torch.zeros(3, 1, 16, 16)
+    t[:, :, 2:6, 3:9] = torch.rand(3, 1, 4, 6)
+    r = rolled(t, torch.Generator().manual_seed(0))
+    assert torch.allclose(r.sum(dim=(1, 2, 3)), t.sum(dim=(1, 2, 3)))
+    assert torch.equal(torch.sort(r.flatten(1)).values, torch.sort(t.flatten(1)).values)
+    assert not (r[:, :, 2:6, 3:9] == t[:, :, 2:6, 3:9]).all(dim=(1, 2, 3)).any()  # every mask left its place

@@ -324,6 +324,8 @@ def run_jobs(
     if workers <= 0:
         for j in jobs:
             results[j.name] = run_job(j)
+            if on_done is not None:
+                on_done([results[k.name] for k in jobs if k.name in results])
         return [results[j.name] for j in jobs]
     with ProcessPoolExecutor(
         max_workers=workers, mp_context=get_context("spawn"), initializer=_init_worker
