@@ -199,7 +199,7 @@ def report(args, out: Path, index: DatasetIndex) -> None:
     models = {k: Path(v) for k, v in read_json(out / "models.json").items()}
     if all(p.is_file() for p in models.values()):
         save_figures(out, models, index, history)
-    command = "python -m gain.study " + " ".join(sys.argv[1:]) if sys.argv[1:] else "python -m gain.study"
+    command = timing.get("command", command_line())
     write_study_md(
         out / "study.md", summary=summary, timing=timing, heldout=held, findings=findings, command=command
     )

@@ -45,7 +45,8 @@ def pm(stat: dict, scale: float = 1.0, digits: int = 3) -> str:
 def attention_comparison(models: dict[str, Path], index: DatasetIndex, *, n_images: int = 5):
     """Paper Figure 1 style: per val image (first n with masks), image, ground truth, then each method's
     attention for the image's first class, side by side."""
-    loaded = {k: load_classifier(p) for k, p in models.items()}
+    order = sorted(models, key=lambda m: list(LABELS).index(m) if m in LABELS else len(LABELS))
+    loaded = {k: load_classifier(models[k]) for k in order}
     size = next(iter(loaded.values()))[1]["input_size"]
     ds = VOCDataset(index, index.splits["val"], eval_preset(size))
     batch = collate([ds[i] for i in range(min(n_images, len(ds)))])
@@ -172,7 +173,10 @@ def write_study_md(
         "",
         f"Measured wall time of this study: **{timing.get('wall_s', float('nan')) / 60:.1f} min** "
         f"({timing.get('workers')} worker processes, 1 torch thread each, {timing.get('n_runs')} runs; "
-        f"{timing.get('cached', 0)} reused from an earlier invocation).",
+        f"{timing.get('cached', 0)} reused from an earlier invocation). The runs themselves took "
+        f"{sum(timing.get('run_seconds', {}).values()) / 60:.1f} min of process wall time in all (each run's own "
+        f"wall time, in result.json), i.e. about {sum(timing.get('run_seconds', {}).values()) / 60 / 2:.1f} min "
+        "of wall time with 2 processes working throughout.",
         "",
         "## Results (mean ± std over seeds)",
         "",
