@@ -171,7 +171,7 @@ def write_study_md(
         "functions the DVC stages call, from params.yaml with the method's overrides. Data: the default "
         f"built-in synthetic set; scores on val. Seeds: {timing.get('seeds')}.",
         "",
-        f"Measured wall time of this study: **{timing.get('wall_s', float('nan')) / 60:.1f} min** "
+        f"Wall time of this invocation: {timing.get('wall_s', float('nan')) / 60:.1f} min "
         f"({timing.get('workers')} worker processes, 1 torch thread each, {timing.get('n_runs')} runs; "
         f"{timing.get('cached', 0)} reused from an earlier invocation). The runs themselves took "
         f"{sum(timing.get('run_seconds', {}).values()) / 60:.1f} min of process wall time in all (each run's own "
