@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: pipeline venv test lock
+.PHONY: pipeline venv test lock study
 
 # Create the virtualenv from the pinned lock file (only when the lock changed), then run the pipeline.
 pipeline: $(STAMP)
@@ -23,6 +23,11 @@ test: $(STAMP)
 	$(BIN)/ruff check gain stages tests benchmarks
 	$(BIN)/ruff format --check gain stages tests benchmarks
 	DVC_NO_ANALYTICS=1 $(BIN)/pytest -q
+
+# The method study (Grad-CAM / GAIN / GAIN_ext over 3 seeds, SEC's loss ablation, diagnostics): reports/study/.
+# Two run processes with one torch thread each; finished runs under checkpoints/study/ are reused.
+study: $(STAMP)
+	OMP_NUM_THREADS=1 $(BIN)/python -m gain.study --diagnose
 
 lock:
 	$(BIN)/pip freeze --exclude-editable | sed '1i # Pinned environment (pip freeze of a working install). Regenerate with: make lock' > requirements.lock

@@ -279,20 +279,34 @@ def test_alpha_zero_gives_exactly_the_classifier_gradients(train, masked_bn, dif
         assert torch.equal(p.grad, q.grad), name
 
 
-def test_masked_bn_running_leaves_running_stats_to_the_first_forward():
+@pytest.mark.parametrize("masked_bn", ["running", "batch"])
+@pytest.mark.parametrize("am_grad", ["all", "mask"])
+def test_masked_pass_leaves_running_stats_to_the_clean_forward(masked_bn, am_grad):
+    """Running statistics describe real images only: the masked batch I* never moves them, whichever BN
+    statistics normalise it."""
     torch.manual_seed(7)
     x = torch.randn(2, 3, 32, 32)
     base = small_classifier().train()
     ref = copy.deepcopy(base)
     ref(x)  # one training forward updates the running stats once
     clf = copy.deepcopy(base)
-    GAIN(clf, masked_bn="running")(x, LABELS[:2])
+    out = GAIN(clf, masked_bn=masked_bn, am_grad=am_grad)(x, LABELS[:2])
     assert clf.training and all(m.training for m in clf.modules())
+    bns = [m for m in clf.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert bns and all(m.track_running_stats for m in bns)
     for a, b in zip(clf.buffers(), ref.buffers(), strict=True):
         assert torch.equal(a, b)
-    batch = copy.deepcopy(base)
-    GAIN(batch, masked_bn="batch")(x, LABELS[:2])  # the masked batch updates them a second time
-    assert not all(torch.equal(a, b) for a, b in zip(batch.buffers(), ref.buffers(), strict=True))
+    gain_loss(out, LABELS[:2], alpha=1.0)["total"].backward()  # the graph is intact
+
+
+def test_masked_bn_batch_normalises_the_masked_images_with_their_own_statistics():
+    torch.manual_seed(8)
+    x = torch.randn(2, 3, 32, 32)
+    base = small_classifier().train()
+    logits = {}
+    for mode in ("batch", "running"):
+        logits[mode] = GAIN(copy.deepcopy(base), masked_bn=mode)(x, LABELS[:2])["masked_logits"]
+    assert not torch.allclose(logits["batch"], logits["running"])
 
 
 # ---------------------------------------------------------------- erasing

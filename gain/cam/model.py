@@ -71,6 +71,27 @@ def bn_eval(module: nn.Module, enabled: bool):
                 m.train()
 
 
+@contextmanager
+def keep_bn_stats(module: nn.Module):
+    """BatchNorm layers in training mode normalise with the batch's own statistics inside the block but leave
+    running_mean, running_var and num_batches_tracked untouched: the masked batch I* must not move the
+    running statistics, which describe real images only (inference uses them). Done by switching off
+    track_running_stats, so nothing is written (a restore afterwards would bump the buffers' versions under
+    a graph that, in eval mode, saved them for backward)."""
+    bns = [
+        m
+        for m in module.modules()
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats
+    ]
+    for m in bns:
+        m.track_running_stats = False
+    try:
+        yield
+    finally:
+        for m in bns:
+            m.track_running_stats = True
+
+
 class GAIN(nn.Module):
     """S_cl and S_am with shared weights.
 
@@ -118,13 +139,10 @@ class GAIN(nn.Module):
         out = {"logits": logits, "attn": attn, "pair_image": pair_image, "pair_class": pair_class}
         if pair_image.numel():
             t = soft_mask(attn, x.shape[-2:], sigma=self.sigma, omega=self.omega)
-            src = x[pair_image]
-            if self.erase == "black":
-                black = _black(x)
-                masked = src - t * (src - black)
-            else:
-                masked = src - t * src
-            with bn_eval(self.classifier, self.masked_bn == "running"):
+            masked = self.erase_region(x[pair_image], t)
+            # BN on I*: "batch" normalises with the masked batch's own statistics, "running" with the real
+            # images' running ones; either way only the clean pass above updates the running statistics.
+            with bn_eval(self.classifier, self.masked_bn == "running"), keep_bn_stats(self.classifier):
                 if self.am_grad == "all":
                     out["masked_logits"] = self.classifier(masked)
                 else:  # "mask": L_am reaches the weights only through T(A), not through S_am's own forward
@@ -132,6 +150,12 @@ class GAIN(nn.Module):
                     out["masked_logits"] = torch.func.functional_call(self.classifier, frozen, (masked,))
             out["masked_images"] = masked
         return out
+
+    def erase_region(self, src: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """Eq. 3: I* = I - T (.) (I - erase value). src (P, 3, H, W) normalised, t (P, 1, H, W) in [0, 1]."""
+        if self.erase == "black":
+            return src - t * (src - _black(src))
+        return src - t * src
 
 
 def _black(x: torch.Tensor) -> torch.Tensor:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 
@@ -53,9 +54,11 @@ def train_gain(
     ckpt_dir: Path,
     fingerprint: str,
     figure_dir: Path | None = None,
+    extra_eval: Callable[[torch.nn.Module], dict] | None = None,
 ) -> tuple[FitResult, torch.nn.Module]:
     """Train GAIN; -> (FitResult, the GAIN module). Resume checkpoints go to ckpt_dir; the attention figure
-    of the latest epoch to figure_dir/attention.png.
+    of the latest epoch to figure_dir/attention.png. `extra_eval(gain_module)` adds its metrics to every
+    epoch's evaluation (the study's per-epoch diagnostics).
 
     `p.select`: "last" ships the last step (the paper); "heldout" carves `p.heldout_fraction` of the
     training ids out of training and ships the epoch with the best mAP on them (`heldout_map`: image
@@ -84,6 +87,8 @@ def train_gain(
         metrics = {**evaluate_classifier(clf, val_set, rt), "epoch": step // per_epoch}
         if heldout_ids:
             metrics["heldout_map"] = evaluate_classifier(clf, heldout_set, rt)["map"]
+        if extra_eval is not None:
+            metrics |= extra_eval(unwrap(model))
         if vis_idx:
             fig = attention_figure(clf, val_set, vis_idx, rt, title=method_name(p.alpha, p.ext))
             tracker.log_figure(fig, f"attention/epoch_{step // per_epoch:03d}.png")

@@ -117,3 +117,24 @@ def heatmap_figure(matrix: np.ndarray, names: list[str], *, title: str):
     fig.colorbar(im, ax=ax, fraction=0.046)
     fig.tight_layout()
     return fig
+
+
+def curves_figure(
+    panels: dict[str, dict[str, tuple[list[float], list[float]]]], *, xlabel: str, ncols: int = 3
+):
+    """One axis per panel title, one line per series name: panels[title][name] = (x, y)."""
+    plt = _plt()
+    n = len(panels)
+    nr = -(-n // ncols)
+    fig, axes = plt.subplots(nr, ncols, figsize=(3.4 * ncols, 2.6 * nr), squeeze=False)
+    for ax, (title, series) in zip(axes.flat, panels.items(), strict=False):
+        for name, (x, y) in series.items():
+            ax.plot(x, y, marker=".", label=name)
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel(xlabel, fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.legend(fontsize=7)
+    for ax in list(axes.flat)[n:]:
+        ax.axis("off")
+    fig.tight_layout()
+    return fig

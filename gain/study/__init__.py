@@ -1,0 +1,1 @@
+"""The method study: Grad-CAM vs GAIN vs GAIN_ext over seeds, SEC loss ablation, diagnostics."""

@@ -1,0 +1,385 @@
+"""The method study: GAIN -> seeds -> SEC -> scores for Grad-CAM, GAIN and GAIN_ext over seeds, and SEC's loss
+ablation, each run in-process through the library functions the stages call, runs in parallel processes."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import os
+import time
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from multiprocessing import get_context
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from gain.cam.evaluate import bias_accuracy
+from gain.cam.model import load_classifier
+from gain.cam.train import train_gain
+from gain.data.dataset import DatasetIndex, VOCDataset
+from gain.data.heldout import carve_heldout
+from gain.data.prepare import prepare_dataset
+from gain.data.transforms import eval_preset
+from gain.runtime.engine import CPU, code_fingerprint, save_model, seed_everything
+from gain.runtime.io import write_json
+from gain.runtime.params import Params, params_hash, parse_params
+from gain.runtime.tracking import NullRun
+from gain.sec.crf import CRFPool
+from gain.sec.evaluate import evaluate_segmenter
+from gain.sec.train import train_sec
+from gain.seeds.extract import extract_seeds, image_cues
+from gain.seeds.quality import SeedQuality
+from gain.study.diagnostics import attention_ceiling, attention_diagnostics
+
+METHODS: dict[str, dict] = {
+    "gradcam": {"gain.alpha": 0.0, "gain.ext": False},
+    "gain": {"gain.alpha": 1.0, "gain.ext": False},
+    "gain_ext": {"gain.alpha": 1.0, "gain.ext": True},
+}
+ABLATIONS: dict[str, list[str]] = {
+    "seed": ["seed"],
+    "seed_expand": ["seed", "expand"],
+    "seed_constrain": ["seed", "constrain"],
+    "seed_expand_constrain": ["seed", "expand", "constrain"],
+}
+FULL_SEC = "seed_expand_constrain"  # the GAIN method's own SEC run
+METRICS = (
+    "attention_miou",
+    "map",
+    "seed_precision",
+    "seed_recall",
+    "seed_labeled_fraction",
+    "seed_miou",
+    "sec_miou",
+    "sec_crf_miou",
+    "bias_object_only_accuracy",
+    "bias_context_only_accuracy",
+)
+DIAG_PREFIX = "diag_"
+# The code a run's result depends on (its cache key); the study's own report code is left out.
+PIPELINE_CODE = (
+    "gain/cam",
+    "gain/data",
+    "gain/models",
+    "gain/runtime",
+    "gain/sec",
+    "gain/seeds",
+    "gain/evaluation",
+)
+# A configuration small enough for a test (seconds per run): fewer, the same kind of images; short training.
+TINY: dict[str, object] = {
+    "data.synthetic.n_train": 32,
+    "data.synthetic.n_val": 12,
+    "data.synthetic.n_bias_eval": 6,
+    "data.synthetic.pixel_labelled": 8,
+    "gain.epochs": 2,
+    "gain.warmup_epochs": 1,
+    "sec.iterations": 4,
+    "sec.lr_step": 2,
+    "sec.eval_every": 4,
+    "sec.batch_size": 4,
+}
+# How the study runs (never what it computes): one process per run, loaders and CRF in-line, no figures.
+STUDY_RUNTIME: dict[str, object] = {
+    "runtime.workers": 0,
+    "runtime.crf_workers": 0,
+    "runtime.vis_images": 0,
+    "device": "cpu",
+}
+
+
+def set_dotted(raw: dict, overrides: dict[str, object]) -> dict:
+    """A deep copy of a params mapping with dotted keys (`gain.sigma`) set; an unknown path is an error."""
+    out = copy.deepcopy(raw)
+    for dotted, value in overrides.items():
+        *parents, last = dotted.split(".")
+        node = out
+        for k in parents:
+            if not isinstance(node.get(k), dict):
+                raise KeyError(f"{dotted}: no such params section")
+            node = node[k]
+        if last not in node:
+            raise KeyError(f"{dotted}: no such params key")
+        node[last] = list(value) if isinstance(value, tuple) else value
+    return out
+
+
+def prepare_study_data(raw: dict, work: Path) -> Path:
+    """The dataset of `raw`'s data section and seed, generated once into work/data/<hash>; -> index path."""
+    params = parse_params(raw)
+    key = params_hash({"seed": params.seed, "data": dataclasses.asdict(params.data)})
+    root = work / "data" / key
+    index_path = root / "index.json"
+    if not index_path.is_file():
+        index, _ = prepare_dataset(params.data, params.seed, root / "dataset", repo=Path.cwd())
+        index.save(index_path)
+    return index_path
+
+
+def heldout_index(index: DatasetIndex, fraction: float, seed: int) -> DatasetIndex:
+    """Training ids split into training and held-out ids (gain.data.heldout), the held-out ones put in the
+    role of val: every score of a run on this index comes from training images, never from val."""
+    train, held = carve_heldout(
+        index.splits["weak_train"], fraction, seed, eligible=index.splits["seed_eval"], what="ids with masks"
+    )
+    keep = set(train)
+    splits = dict(index.splits)
+    splits["weak_train"] = train
+    splits["seed_eval"] = [i for i in index.splits["seed_eval"] if i in keep]
+    splits["pixel"] = [i for i in index.splits.get("pixel", []) if i in keep]
+    splits["val"] = held
+    return index.with_meta(splits=splits)
+
+
+@dataclass
+class Job:
+    """One run: `stages` of the pipeline for one configuration and seed, written to run_dir/result.json.
+    A SEC-only job ("sec" alone) trains on the seeds and GAIN model of `source` (another run's folder)."""
+
+    name: str
+    group: str  # "methods", "ablation" or "variants"
+    key: str  # method, ablation or variant name
+    seed: int
+    raw: dict
+    index_path: str
+    run_dir: str
+    stages: tuple[str, ...] = ("gain", "seeds", "sec")
+    source: str = ""
+    diagnose: bool = False
+    holdout: float = 0.0
+    data_seed: int = 0
+    after: str = ""  # name of the job whose outputs this one needs
+    extra: dict = field(default_factory=dict)
+
+
+def job_dir(
+    work: Path, name: str, raw: dict, stages: tuple[str, ...], holdout: float, diagnose: bool
+) -> Path:
+    """Each run's folder is named by what determines its result (params, stages, held-out share, code), so a
+    rerun of the study reuses finished runs and recomputes changed ones."""
+    key = params_hash(
+        {
+            "raw": raw,
+            "stages": list(stages),
+            "holdout": holdout,
+            "diagnose": diagnose,
+            "code": code_fingerprint(*PIPELINE_CODE),
+        }
+    )
+    return work / "runs" / f"{name}-{key}"
+
+
+def score_seeds(classifier, dataset: VOCDataset, params: Params) -> dict:
+    """Seed quality (precision, recall, labeled fraction, mIoU) of the cues made by `params.seeds` from
+    `classifier` on `dataset` (keep_original=True, images with masks)."""
+    quality = SeedQuality(dataset.index.num_classes)
+    for item, cues, _, _ in image_cues(
+        classifier, dataset, params.seeds, CPU, batch_size=params.runtime.seeds_batch_size
+    ):
+        if item["has_mask"]:
+            quality.update(cues, item["orig_mask"])
+    q = quality.compute()
+    return {
+        "seed_precision": q["precision"],
+        "seed_recall": q["recall"],
+        "seed_labeled_fraction": q["labeled_fraction"],
+        "seed_miou": q["miou"],
+    }
+
+
+def run_gain_stages(params: Params, index: DatasetIndex, run_dir: Path, *, diagnose: bool) -> dict:
+    """GAIN training and its scores on index's val role: mAP and attention mIoU of the last epoch, Table 4's
+    bias accuracies, and (diagnose) per-epoch diagnostics in `history`; the model is run_dir/gain.pt."""
+    knobs, p = params.runtime, params.gain
+    extra: Callable | None = None
+    diag_set = VOCDataset(index, index.splits["val"], eval_preset(p.input_size))
+    if diagnose:
+
+        def extra(gain) -> dict:
+            return {DIAG_PREFIX + k: v for k, v in attention_diagnostics(gain, diag_set, CPU).items()}
+
+    result, model = train_gain(
+        p,
+        index,
+        CPU,
+        NullRun(),
+        seed=params.seed,
+        knobs=knobs,
+        ckpt_dir=run_dir / "ckpt_gain",
+        fingerprint=run_dir.name,
+        extra_eval=extra,
+    )
+    save_model(run_dir / "gain.pt", result)
+    out = {
+        "attention_miou": result.chosen["attn_miou"],
+        "map": result.chosen["map"],
+        **{k: v for k, v in result.chosen.items() if k.startswith(DIAG_PREFIX)},
+    }
+    if index.bias_class is not None:
+        out |= bias_accuracy(model.classifier, index, index.bias_class, CPU, input_size=p.input_size)
+    if diagnose:
+        with torch.no_grad():
+            grid = tuple(model.classifier.features(diag_set[0]["image"][None]).shape[-2:])
+        out["attention_ceiling"] = attention_ceiling(diag_set, grid)
+    keep = ("epoch", "attn_miou", "map")
+    out["history"] = [
+        {k: v for k, v in h.items() if k in keep or k.startswith(DIAG_PREFIX)} for h in result.history
+    ]
+    return out
+
+
+def run_seed_stage(params: Params, index: DatasetIndex, run_dir: Path) -> dict:
+    """Seeds for every weak training image (run_dir/seeds, what SEC trains on) and their quality on val."""
+    classifier, gain_p = load_classifier(run_dir / "gain.pt")
+    extract_seeds(
+        classifier,
+        index,
+        params.seeds,
+        CPU,
+        run_dir / "seeds",
+        input_size=gain_p["input_size"],
+        batch_size=params.runtime.seeds_batch_size,
+        n_vis=0,
+    )
+    val = VOCDataset(index, index.splits["val"], eval_preset(gain_p["input_size"]), keep_original=True)
+    return score_seeds(classifier, val, params)
+
+
+def run_sec_stage(params: Params, index: DatasetIndex, run_dir: Path, source: Path) -> dict:
+    """SEC on source/seeds (initialised from source/gain.pt), scored on val without and with the CRF."""
+    result, model = train_sec(
+        params.sec,
+        index,
+        CPU,
+        NullRun(),
+        seed=params.seed,
+        knobs=params.runtime,
+        seeds_dir=source / "seeds",
+        gain_model=source / "gain.pt",
+        ckpt_dir=run_dir / "ckpt_sec",
+        fingerprint=run_dir.name,
+    )
+    val = VOCDataset(index, index.splits["val"], eval_preset(params.sec.input_size), keep_original=True)
+    with CRFPool(params.runtime.crf_workers) as pool:
+        s = evaluate_segmenter(model, val, CPU, crf_pool=pool).summary()
+    return {"sec_miou": s["miou"], "sec_crf_miou": s["crf_miou"]}
+
+
+def run_job(job: Job) -> dict:
+    """Run one job (in a worker process: one torch thread) -> its result dict, also run_dir/result.json."""
+    run_dir = Path(job.run_dir)
+    done = run_dir / "result.json"
+    if done.is_file():
+        return json.loads(done.read_text())
+    torch.set_num_threads(1)
+    params = parse_params(job.raw)
+    index = DatasetIndex.load(job.index_path)
+    if job.holdout:
+        index = heldout_index(index, job.holdout, job.data_seed)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    out: dict = {}
+    # Each stage seeds itself, as `dvc repro` runs them (training_stage).
+    if "gain" in job.stages:
+        seed_everything(params.seed, params.deterministic)
+        out |= run_gain_stages(params, index, run_dir, diagnose=job.diagnose)
+    if "seeds" in job.stages:
+        seed_everything(params.seed, params.deterministic)
+        out |= run_seed_stage(params, index, run_dir)
+    if "sec" in job.stages:
+        seed_everything(params.seed, params.deterministic)
+        out |= run_sec_stage(params, index, run_dir, Path(job.source) if job.source else run_dir)
+    result = {
+        "name": job.name,
+        "group": job.group,
+        "key": job.key,
+        "seed": job.seed,
+        "seconds": time.perf_counter() - start,
+        "metrics": out,
+    }
+    write_json(done, result)
+    return result
+
+
+def _init_worker() -> None:
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
+
+
+def run_jobs(
+    jobs: list[Job],
+    workers: int,
+    log: Callable[[str], None] = print,
+    on_done: Callable[[list[dict]], None] | None = None,
+) -> list[dict]:
+    """Run `jobs` in `workers` processes (spawned, one torch thread each), a job once the one it needs
+    (`after`) has finished; `on_done(results so far)` after each. -> results in the order of `jobs`."""
+    by_name = {j.name: j for j in jobs}
+    results: dict[str, dict] = {}
+    waiting = [j for j in jobs if j.after]
+    if workers <= 0:
+        for j in jobs:
+            results[j.name] = run_job(j)
+            if on_done is not None:
+                on_done([results[k.name] for k in jobs if k.name in results])
+        return [results[j.name] for j in jobs]
+    with ProcessPoolExecutor(
+        max_workers=workers, mp_context=get_context("spawn"), initializer=_init_worker
+    ) as ex:
+        pending = {ex.submit(run_job, j): j.name for j in jobs if not j.after}
+        while pending:
+            for fut in as_completed(list(pending)):
+                name = pending.pop(fut)
+                results[name] = fut.result()
+                log(f"study: {name} done in {results[name]['seconds']:.0f} s ({len(results)}/{len(jobs)})")
+                if on_done is not None:
+                    on_done([results[j.name] for j in jobs if j.name in results])
+                for j in [w for w in waiting if w.after == name]:
+                    waiting.remove(j)
+                    pending[ex.submit(run_job, j)] = j.name
+                break
+    missing = [n for n in by_name if n not in results]
+    if missing:
+        raise RuntimeError(f"jobs never ran (missing dependency): {missing}")
+    return [results[j.name] for j in jobs]
+
+
+def aggregate(values: list[float]) -> dict:
+    """{"mean", "std" (population), "values"} of finite floats (None, NaN and inf are errors: the summary is
+    strict JSON)."""
+    vals = [float(v) for v in values]
+    if not vals or not all(np.isfinite(vals)):
+        raise ValueError(f"cannot aggregate {values}")
+    return {"mean": float(np.mean(vals)), "std": float(np.std(vals)), "values": vals}
+
+
+def summarise(results: list[dict], seeds: list[int], metrics: tuple[str, ...] = METRICS) -> dict:
+    """summary.json: n_seeds; per method every metric (and final-epoch diagnostics) over the seeds; SEC's
+    loss ablation's sec_miou over the seeds."""
+    summary: dict = {"n_seeds": len(seeds), "methods": {}, "sec_ablation": {}}
+    for group, key_out in (("methods", "methods"), ("ablation", "sec_ablation")):
+        keys = list(dict.fromkeys(r["key"] for r in results if r["group"] == group))
+        for key in keys:
+            runs = sorted(
+                (r for r in results if r["group"] == group and r["key"] == key), key=lambda r: r["seed"]
+            )
+            names = metrics if group == "methods" else ("sec_miou",)
+            extra = sorted({k for r in runs for k in r["metrics"] if k.startswith(DIAG_PREFIX)})
+            extra += ["attention_ceiling"] if all("attention_ceiling" in r["metrics"] for r in runs) else []
+            if group == "ablation":
+                extra = []
+            summary[key_out][key] = {m: aggregate([r["metrics"][m] for r in runs]) for m in (*names, *extra)}
+    return summary
+
+
+def history_table(results: list[dict]) -> list[dict]:
+    """Per-epoch rows (group, key, seed, epoch, metrics) of every run that has a history."""
+    rows = []
+    for r in results:
+        for h in r["metrics"].get("history", []):
+            rows.append({"group": r["group"], "key": r["key"], "seed": r["seed"], **h})
+    return rows

@@ -1,0 +1,136 @@
+"""gain/study: the study runner end to end on a tiny configuration (schema and consistency of summary.json),
+and its pieces: overrides, aggregation, the held-out index."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from gain.data.dataset import DatasetIndex
+from gain.study.__main__ import main
+from gain.study.diagnostics import rolled
+from gain.study.runner import ABLATIONS, METRICS, aggregate, heldout_index, set_dotted
+
+SEEDS = [0, 1]
+METHODS = ["gradcam", "gain"]
+
+
+def strict_json(path: Path):
+    def reject(name):
+        raise ValueError(f"{path}: {name} is not JSON")
+
+    return json.loads(path.read_text(), parse_constant=reject)
+
+
+@pytest.fixture(scope="module")
+def tiny_study(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("study")
+    main(
+        ["--tiny", "--seeds", *map(str, SEEDS), "--methods", *METHODS, "--workers", "2",
+         "--out", str(out / "reports"), "--work", str(out / "work")]
+    )  # fmt: skip
+    return out
+
+
+def check_stat(stat: dict, n: int) -> None:
+    assert set(stat) == {"mean", "std", "values"}
+    values = stat["values"]
+    assert len(values) == n
+    assert all(isinstance(v, float) and math.isfinite(v) for v in values)
+    assert stat["mean"] == pytest.approx(float(np.mean(values)), abs=1e-12)
+    assert stat["std"] == pytest.approx(float(np.std(values)), abs=1e-12)
+
+
+def test_summary_schema_and_values(tiny_study):
+    summary = strict_json(tiny_study / "reports" / "summary.json")
+    assert set(summary) == {"n_seeds", "methods", "sec_ablation"}
+    assert summary["n_seeds"] == len(SEEDS)
+    assert set(summary["methods"]) == set(METHODS)
+    for method, metrics in summary["methods"].items():
+        assert set(METRICS) <= set(metrics), method
+        for name, stat in metrics.items():
+            check_stat(stat, len(SEEDS))
+            if name != "sec_miou" and not name.startswith("diag_"):
+                assert all(0.0 <= v <= 1.0 for v in stat["values"]), (method, name)
+    assert set(summary["sec_ablation"]) == set(ABLATIONS)
+    for stat in summary["sec_ablation"].values():
+        assert set(stat) == {"sec_miou"}
+        check_stat(stat["sec_miou"], len(SEEDS))
+    # the all-three ablation row is the GAIN method's own SEC run, seed by seed
+    assert (
+        summary["sec_ablation"]["seed_expand_constrain"]["sec_miou"] == summary["methods"]["gain"]["sec_miou"]
+    )
+
+
+def test_summary_matches_the_runs_that_ran(tiny_study):
+    summary = strict_json(tiny_study / "reports" / "summary.json")
+    results = [strict_json(p) for p in (tiny_study / "work" / "runs").glob("*/result.json")]
+    assert len(results) == len(METHODS) * len(SEEDS) + (len(ABLATIONS) - 1) * len(SEEDS)
+    for method in METHODS:
+        runs = sorted(
+            (r for r in results if r["group"] == "methods" and r["key"] == method), key=lambda r: r["seed"]
+        )
+        assert [r["seed"] for r in runs] == SEEDS
+        for metric in METRICS:
+            assert summary["methods"][method][metric]["values"] == [r["metrics"][metric] for r in runs]
+    # Grad-CAM (alpha 0) and GAIN train differently from the same seed
+    gc, ga = summary["methods"]["gradcam"]["map"]["values"], summary["methods"]["gain"]["map"]["values"]
+    assert gc != ga
+
+
+def test_report_files(tiny_study):
+    reports = tiny_study / "reports"
+    for name in ("study.md", "attention_comparison.png", "timing.json"):
+        assert (reports / name).is_file(), name
+    text = (reports / "study.md").read_text()
+    assert "wall time" in text and "SEC loss ablation" in text and "Table 4" in text
+    assert strict_json(reports / "timing.json")["wall_s"] > 0
+
+
+def test_set_dotted_overrides_and_names_unknown_keys():
+    raw = {"gain": {"sigma": 0.5}, "seed": 0}
+    out = set_dotted(raw, {"gain.sigma": 0.7, "seed": 2})
+    assert out == {"gain": {"sigma": 0.7}, "seed": 2} and raw["gain"]["sigma"] == 0.5
+    with pytest.raises(KeyError, match="gain.sigmaa"):
+        set_dotted(raw, {"gain.sigmaa": 1})
+    with pytest.raises(KeyError, match="gan.sigma"):
+        set_dotted(raw, {"gan.sigma": 1})
+
+
+def test_aggregate_rejects_what_json_cannot_hold():
+    assert aggregate([1, 3]) == {"mean": 2.0, "std": 1.0, "values": [1.0, 3.0]}
+    for bad in ([], [float("nan")], [1.0, float("inf")]):
+        with pytest.raises(ValueError):
+            aggregate(bad)
+
+
+def test_heldout_index_scores_on_training_ids_only():
+    ids = [f"t{i:02d}" for i in range(20)]
+    index = DatasetIndex(
+        root=Path("."),
+        source="synthetic",
+        classes=("background", "a"),
+        splits={"weak_train": ids, "seed_eval": ids, "val": ["v0", "v1"], "pixel": ids[:5]},
+        labels={i: [1] for i in [*ids, "v0", "v1"]},
+    )
+    held = heldout_index(index, 0.2, seed=0)
+    assert len(held.splits["val"]) == 4 and set(held.splits["val"]) <= set(ids)
+    assert not set(held.splits["val"]) & set(held.splits["weak_train"])
+    assert set(held.splits["weak_train"]) | set(held.splits["val"]) == set(ids)
+    assert not set(held.splits["pixel"]) & set(held.splits["val"])
+    assert held.splits["seed_eval"] == held.splits["weak_train"]
+    assert heldout_index(index, 0.2, seed=0).splits == held.splits
+
+
+def test_rolled_mask_keeps_its_area_and_moves():
+    t = torch.zeros(3, 1, 16, 16)
+    t[:, :, 2:6, 3:9] = torch.rand(3, 1, 4, 6)
+    r = rolled(t, torch.Generator().manual_seed(0))
+    assert torch.allclose(r.sum(dim=(1, 2, 3)), t.sum(dim=(1, 2, 3)))
+    assert torch.equal(torch.sort(r.flatten(1)).values, torch.sort(t.flatten(1)).values)
+    assert not (r[:, :, 2:6, 3:9] == t[:, :, 2:6, 3:9]).all(dim=(1, 2, 3)).any()  # every mask left its place
