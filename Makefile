@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: pipeline venv test lock
+.PHONY: pipeline venv test lock mutation
 
 # Create the virtualenv from the pinned lock file (only when the lock changed), then run the pipeline.
 pipeline: $(STAMP)
@@ -23,6 +23,15 @@ test: $(STAMP)
 	$(BIN)/ruff check gain stages tests benchmarks
 	$(BIN)/ruff format --check gain stages tests benchmarks
 	DVC_NO_ANALYTICS=1 $(BIN)/pytest -q
+
+# Mutation testing of the modules that hold the method ([tool.mutmut] in pyproject.toml; not part of `make
+# test`: about an hour on 2 shared cores). mutmut is pinned here, outside requirements.lock.
+MUTMUT := mutmut==3.8.1
+mutation: $(STAMP)
+	$(BIN)/pip install --quiet --disable-pip-version-check $(MUTMUT)
+	rm -rf mutants
+	OMP_NUM_THREADS=1 $(BIN)/mutmut run --max-children 2
+	$(BIN)/python -m tests.mutation_report > reports/mutation.md
 
 lock:
 	$(BIN)/pip freeze --exclude-editable | sed '1i # Pinned environment (pip freeze of a working install). Regenerate with: make lock' > requirements.lock
