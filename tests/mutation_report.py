@@ -52,8 +52,9 @@ def mutant_diff(sources: dict[str, str], mutant: str) -> str:
     new = sources.get(local)
     if orig is None or new is None:
         return "(source not found)"
-    orig_lines = orig.splitlines()[1:]  # the def lines differ by name only
-    new_lines = new.splitlines()[1:]
+    base = local.rsplit("__mutmut_", 1)[0]
+    orig_lines = orig.replace(f"{base}__mutmut_orig(", "(", 1).splitlines()  # same name on both sides
+    new_lines = new.replace(f"{local}(", "(", 1).splitlines()
     lines = [
         line
         for line in difflib.unified_diff(orig_lines, new_lines, lineterm="", n=0)

@@ -231,3 +231,32 @@ def test_exact_match_accuracy_probability_range_is_inclusive_and_checked_at_both
     # No images: undefined, not an error.
     with pytest.warns(RuntimeWarning):
         assert math.isnan(exact_match_accuracy(np.zeros((0, 2)), np.zeros((0, 2))))
+
+
+def test_confusion_matrix_arguments():
+    ConfusionMatrix(1).update(np.zeros((2, 2), np.uint8), np.zeros((2, 2), np.uint8))  # one class is enough
+    with pytest.raises(ValueError, match="^num_classes must be >= 1, got 0$"):
+        ConfusionMatrix(0)
+    ConfusionMatrix(3, ignore_index=3)  # just past the classes: no collision
+    for index in (0, 2):  # the first and the last class index
+        with pytest.raises(
+            ValueError, match=rf"^ignore_index {index} collides with a class index in \[0, 3\)$"
+        ):
+            ConfusionMatrix(3, ignore_index=index)
+
+
+def test_per_class_table_names_its_rows():
+    cm = ConfusionMatrix(4)
+    cm.update(GT, PRED)
+    assert cm.per_class_table(NAMES)["class"].tolist() == NAMES
+
+
+def test_multilabel_messages_name_the_argument_and_the_bad_values():
+    with pytest.raises(ValueError, match=r"^scores and labels must both be \(N, K\)"):
+        average_precision(np.zeros((3, 2)), np.zeros((3, 1)))
+    # Eleven distinct values: the message lists the first ten.
+    labels = np.arange(11).reshape(11, 1)
+    with pytest.raises(
+        ValueError, match=r"^labels must be 0/1, got values \[0, 1, 2, 3, 4, 5, 6, 7, 8, 9\]$"
+    ):
+        average_precision(np.zeros((11, 1)), labels)

@@ -130,3 +130,15 @@ def test_lowest_cells_is_the_notebook_threshold():
     assert int(lowest_cells(torch.tensor([[[0.0, 1.0], [0.0, 1.0]]]), 0.5).sum()) == 2
     assert int(lowest_cells(torch.tensor([[[0.0, 0.0], [0.0, 0.0]]]), 0.5).sum()) == 0
     assert bool(lowest_cells(s, 1.0).all())  # everything when the fraction covers every cell
+
+
+def test_saliency_defaults_to_the_image_rule():
+    image = toy_image(np.array([[1, -1], [0, 1]], dtype=np.float32))
+    torch.testing.assert_close(
+        class_agnostic_saliency(Toy().eval(), image), class_agnostic_saliency(Toy().eval(), image, at="image")
+    )
+
+
+def test_lowest_cells_with_fraction_one_marks_every_cell_as_bool():
+    bg = lowest_cells(torch.rand(2, 3, 3), 1.0)
+    assert bg.dtype == torch.bool and bool(bg.all()) and bg.shape == (2, 3, 3)

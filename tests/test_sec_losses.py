@@ -231,6 +231,8 @@ def test_constrain_loss_handles_zero_q_and_validates_shape():
     assert loss.item() == pytest.approx(expected, rel=1e-5)
     with pytest.raises(ValueError, match=r"crf_probs .*\(1, 3, 2, 3\)"):
         constrain_loss(torch.full((1, 3, 2, 2), 1 / 3), torch.zeros(1, 3, 2, 3))
+    with pytest.raises(ValueError, match=r"^probs must have shape \(B, C, h, w\); got probs \(3, 2, 2\)$"):
+        constrain_loss(torch.full((3, 2, 2), 1 / 3), q[0])
 
 
 # ---------------------------------------------------------------- sec_loss
