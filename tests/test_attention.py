@@ -391,3 +391,12 @@ def test_attention_maps_of_a_frozen_classifier():
     frozen = copy.deepcopy(clf).requires_grad_(False)
     attn, _, _ = attention_maps(frozen, x, LABELS[:2])
     assert_close(attn, expected, atol=1e-6)
+
+
+def test_grad_cam_keeps_the_weights_in_the_graph_by_default():
+    # The paper's formulation: A^c depends on the head's weights through w^c (double backward).
+    clf = linear_classifier()
+    feats = clf.features(torch.randn(1, 3, 4, 4, dtype=torch.float64))
+    cam = grad_cam(feats, clf.head(feats), torch.tensor([0]), torch.tensor([1]), normalise=False)
+    (g,) = torch.autograd.grad(cam.sum(), clf.fc.weight)
+    assert bool(g.abs().sum() > 0)

@@ -297,3 +297,11 @@ def test_sec_loss_rejects_bad_terms():
             sec_loss(logits, cues, labels, crf, terms=terms)
     with pytest.raises(ValueError, match=r"\['constrain'\] need their input"):
         sec_loss(logits, cues, labels, None, terms=("seed", "constrain"))
+
+
+def test_seeding_loss_names_its_input_and_constrain_loss_keeps_the_probs_dtype():
+    with pytest.raises(ValueError, match=r"^probs must have shape \(B, C, h, w\); got probs \(3, 2, 2\)$"):
+        seeding_loss(torch.full((3, 2, 2), 1 / 3), torch.zeros(3, 2, 2, dtype=torch.long))
+    probs = torch.full((1, 3, 2, 2), 1 / 3)
+    loss = constrain_loss(probs, torch.full((1, 3, 2, 2), 1 / 3, dtype=torch.float64))
+    assert loss.dtype == torch.float32

@@ -239,8 +239,8 @@ def test_seed_quality_of_nothing_is_nan():
 
 
 def test_seed_quality_bg_precision_uses_background_counts():
-    # Seeds 0 0 0 | 1 against gt 0 1 1 | 1: background seeded 3 times, right once -> 1/3; class 1 right once.
+    # Seeds 0 0 | 0 1 against gt 0 0 | 1 1: background seeded 3 times, right twice -> 2/3; class 1 right once.
     sq = SeedQuality(num_classes=2)
-    sq.update(np.array([[0, 0], [0, 1]]), np.array([[0, 1], [1, 1]]))
+    sq.update(np.array([[0, 0], [0, 1]]), np.array([[0, 0], [1, 1]]))
     out = sq.compute()
-    assert out["bg_precision"] == pytest.approx(1 / 3) and out["fg_precision"] == 1.0
+    assert out["bg_precision"] == pytest.approx(2 / 3) and out["fg_precision"] == 1.0
