@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: pipeline venv test lock study
+.PHONY: pipeline venv test lock study mutation
 
 # Create the virtualenv from the pinned lock file (only when the lock changed), then run the pipeline.
 pipeline: $(STAMP)
@@ -28,6 +28,14 @@ test: $(STAMP)
 # Two run processes with one torch thread each; finished runs under checkpoints/study/ are reused.
 study: $(STAMP)
 	OMP_NUM_THREADS=1 $(BIN)/python -m gain.study --diagnose
+
+# Mutation testing of the modules that hold the method ([tool.mutmut] in pyproject.toml; mutmut is pinned in
+# requirements.lock). Not part of `make test`: about an hour on 2 cores. Report: reports/mutation.md.
+mutation: $(STAMP)
+	rm -rf mutants
+	OMP_NUM_THREADS=1 $(BIN)/mutmut run --max-children 2
+	$(BIN)/python -m tests.mutation_report > reports/mutation.md.tmp
+	mv reports/mutation.md.tmp reports/mutation.md
 
 lock:
 	$(BIN)/pip freeze --exclude-editable | sed '1i # Pinned environment (pip freeze of a working install). Regenerate with: make lock' > requirements.lock

@@ -393,3 +393,24 @@ def test_attention_maps_flip_averages_with_the_mirrored_image():
     assert not torch.allclose(got, plain, atol=1e-3)  # the flip did something
     assert_close(got.flatten(1).max(dim=1).values, torch.ones(3))
     assert got.min() >= 0
+
+
+def test_attention_maps_of_a_frozen_classifier():
+    # Parameters without requires_grad (a loaded, frozen model): the features get a graph of their own and
+    # the maps are those of the trainable copy.
+    torch.manual_seed(10)
+    clf = small_classifier().eval()
+    x = torch.randn(2, 3, 32, 32)
+    expected, _, _ = attention_maps(clf, x, LABELS[:2])
+    frozen = copy.deepcopy(clf).requires_grad_(False)
+    attn, _, _ = attention_maps(frozen, x, LABELS[:2])
+    assert_close(attn, expected, atol=1e-6)
+
+
+def test_grad_cam_keeps_the_weights_in_the_graph_by_default():
+    # The paper's formulation: A^c depends on the head's weights through w^c (double backward).
+    clf = linear_classifier()
+    feats = clf.features(torch.randn(1, 3, 4, 4, dtype=torch.float64))
+    cam = grad_cam(feats, clf.head(feats), torch.tensor([0]), torch.tensor([1]), normalise=False)
+    (g,) = torch.autograd.grad(cam.sum(), clf.fc.weight)
+    assert bool(g.abs().sum() > 0)

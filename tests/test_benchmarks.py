@@ -119,16 +119,14 @@ def test_paper_scale_projects_every_stage(quick_runs):
 
 @pytest.mark.e2e
 def test_gpu_check_without_cuda_says_so(tmp_path):
-    import torch
-
-    if torch.cuda.is_available():
-        pytest.skip("this machine has CUDA: gpu_check.sh would run the benchmarks")
+    # CUDA hidden, so the check takes its no-CUDA branch on any machine (with a GPU it would run the benchmarks).
     res = subprocess.run(
         ["bash", str(REPO / "benchmarks/gpu_check.sh")],
         cwd=tmp_path,
         capture_output=True,
         text=True,
         timeout=120,
+        env={**os.environ, "CUDA_VISIBLE_DEVICES": ""},
     )
     assert res.returncode == 0, res.stderr
     assert "no CUDA" in res.stdout

@@ -297,3 +297,11 @@ def test_empty_batch_and_closed_pool():
     closed.close()
     with pytest.raises(RuntimeError, match="closed"):
         closed.map(images, probs, scale=1.0)
+
+
+def test_crf_params_must_be_positive_numbers():
+    CRFParams(gauss_sxy=0.5, bilateral_srgb=0.5)  # any positive std, also below 1
+    with pytest.raises(ValueError, match=r"^CRFParams.gauss_sxy must be a number, got 'x'$"):
+        CRFParams(gauss_sxy="x")
+    with pytest.raises(ValueError, match=r"^CRFParams.bilateral_sxy must be > 0, got 0.0$"):
+        CRFParams(bilateral_sxy=0.0)

@@ -74,8 +74,10 @@ def test_image_label_from_mask_matches_official_labels(image_id):
 
 def test_image_label_matches_cls_labels_npy():
     path = next((p for p in CLS_LABELS_NPY if p.is_file()), None)
-    if path is None:
-        pytest.skip("cls_labels.npy (irn voc12) not available")
+    assert path is not None, (
+        f"cls_labels.npy missing: fetch voc12/cls_labels.npy of github.com/jiwoon-ahn/irn into one of "
+        f"{[str(p) for p in CLS_LABELS_NPY]} (see /work/shared/voc12/README.md)"
+    )
     official = np.load(path, allow_pickle=True).item()
     for image_id in IDS:
         np.testing.assert_array_equal(

@@ -189,3 +189,74 @@ def test_exact_match_accuracy():
     assert exact_match_accuracy(probs, labels, threshold=0.45) == pytest.approx(3 / 4)
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
         exact_match_accuracy(probs * 4 - 2, labels)  # logits, not probabilities
+
+
+def test_absent_classes_by_name_and_index():
+    cm = ConfusionMatrix(4)
+    cm.update(GT, PRED)
+    assert cm.compute(NAMES)["absent_classes"] == ["cow"]
+    assert cm.compute()["absent_classes"] == [3]
+
+
+def test_dataframes_name_their_axes_and_table_has_precision_and_recall():
+    cm = ConfusionMatrix(4)
+    cm.update(GT, PRED)
+    df = cm.to_dataframe(NAMES)
+    assert (df.index.name, df.columns.name) == ("gt", "pred")
+    table = cm.per_class_table()
+    assert table["class"].tolist() == [0, 1, 2, 3]
+    # precision = TP / predicted pixels: bg 1/2, cat 2/3, dog 1/1; recall = TP / gt pixels: 1/2, 2/3, 1/2.
+    np.testing.assert_allclose(table["precision"][:3], [1 / 2, 2 / 3, 1.0])
+    np.testing.assert_allclose(table["recall"][:3], [1 / 2, 2 / 3, 1 / 2])
+    assert math.isnan(table["precision"][3]) and math.isnan(table["recall"][3])
+
+
+def test_average_precision_with_one_positive_after_a_class_without_any():
+    # Column 0 has no positive (nan, and the loop goes on); column 1's single positive is ranked 2nd -> 1/2.
+    scores = np.array([[0.9, 0.8], [0.1, 0.6], [0.5, 0.2]])
+    labels = np.array([[0, 0], [0, 1], [0, 0]])
+    ap = average_precision(scores, labels)
+    assert math.isnan(ap[0]) and ap[1] == pytest.approx(1 / 2)
+    assert mean_average_precision(scores, labels) == pytest.approx(1 / 2)
+
+
+def test_exact_match_accuracy_probability_range_is_inclusive_and_checked_at_both_ends():
+    labels = np.array([[1, 0], [0, 0]])
+    assert exact_match_accuracy(np.array([[1.0, 0.0], [0.0, 0.0]]), labels) == 1.0  # 1.0 is a probability
+    for bad in ([[1.5, 0.0], [0.0, 0.0]], [[0.9, -0.1], [0.0, 0.0]]):  # above 1 only; below 0 only
+        with pytest.raises(ValueError, match=r"^probs must lie in \[0, 1\]"):
+            exact_match_accuracy(np.array(bad), labels)
+    with pytest.raises(ValueError, match=r"^probs and labels must both be \(N, K\)"):
+        exact_match_accuracy(np.zeros((2, 3)), labels)
+    # No images: undefined, not an error.
+    with pytest.warns(RuntimeWarning):
+        assert math.isnan(exact_match_accuracy(np.zeros((0, 2)), np.zeros((0, 2))))
+
+
+def test_confusion_matrix_arguments():
+    ConfusionMatrix(1).update(np.zeros((2, 2), np.uint8), np.zeros((2, 2), np.uint8))  # one class is enough
+    with pytest.raises(ValueError, match="^num_classes must be >= 1, got 0$"):
+        ConfusionMatrix(0)
+    ConfusionMatrix(3, ignore_index=3)  # just past the classes: no collision
+    for index in (0, 2):  # the first and the last class index
+        with pytest.raises(
+            ValueError, match=rf"^ignore_index {index} collides with a class index in \[0, 3\)$"
+        ):
+            ConfusionMatrix(3, ignore_index=index)
+
+
+def test_per_class_table_names_its_rows():
+    cm = ConfusionMatrix(4)
+    cm.update(GT, PRED)
+    assert cm.per_class_table(NAMES)["class"].tolist() == NAMES
+
+
+def test_multilabel_messages_name_the_argument_and_the_bad_values():
+    with pytest.raises(ValueError, match=r"^scores and labels must both be \(N, K\)"):
+        average_precision(np.zeros((3, 2)), np.zeros((3, 1)))
+    # Eleven distinct values: the message lists the first ten.
+    labels = np.arange(11).reshape(11, 1)
+    with pytest.raises(
+        ValueError, match=r"^labels must be 0/1, got values \[0, 1, 2, 3, 4, 5, 6, 7, 8, 9\]$"
+    ):
+        average_precision(np.zeros((11, 1)), labels)

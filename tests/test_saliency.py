@@ -12,7 +12,7 @@ import torchvision
 from scipy import ndimage
 from torch import nn
 
-from gain.models.backbones import SmallTrunk, vgg16_trunk
+from gain.models.backbones import SmallTrunk, build_trunk, vgg16_trunk
 from gain.seeds.saliency import class_agnostic_saliency, lowest_cells, median3x3, split_trunk
 
 
@@ -130,3 +130,41 @@ def test_lowest_cells_is_the_notebook_threshold():
     assert int(lowest_cells(torch.tensor([[[0.0, 1.0], [0.0, 1.0]]]), 0.5).sum()) == 2
     assert int(lowest_cells(torch.tensor([[[0.0, 0.0], [0.0, 0.0]]]), 0.5).sum()) == 0
     assert bool(lowest_cells(s, 1.0).all())  # everything when the fraction covers every cell
+
+
+def test_saliency_defaults_to_the_image_rule():
+    image = toy_image(np.array([[1, -1], [0, 1]], dtype=np.float32))
+    torch.testing.assert_close(
+        class_agnostic_saliency(Toy().eval(), image), class_agnostic_saliency(Toy().eval(), image, at="image")
+    )
+
+
+def test_lowest_cells_with_fraction_one_marks_every_cell_as_bool():
+    bg = lowest_cells(torch.rand(2, 3, 3), 1.0)
+    assert bg.dtype == torch.bool and bool(bg.all()) and bg.shape == (2, 3, 3)
+
+
+def conv(stride: int, out: int = 4) -> nn.Conv2d:
+    return nn.Conv2d(4, out, 3, stride=stride, padding=1)
+
+
+def test_split_trunk_takes_the_first_layer_with_weights_on_the_grid():
+    # Three stride-2 convs reach stride 8. A ReLU (no weights) is not a layer on the grid; a BatchNorm (weights,
+    # stride 1) is, so the cut comes after it.
+    trunk = nn.Sequential(conv(2), conv(2), conv(2), nn.ReLU(), nn.BatchNorm2d(4), conv(1))
+    pre, post = split_trunk(trunk)
+    assert len(pre) == 5 and len(post) == 1
+    # The conv on the grid may be the trunk's last layer (no BatchNorm after it to take along).
+    trunk = nn.Sequential(
+        conv(2), conv(2), conv(2), nn.ReLU(), nn.MaxPool2d(3, stride=1, padding=1), conv(1, 5)
+    )
+    pre, post = split_trunk(trunk)
+    assert len(pre) == 6 and len(post) == 0
+
+
+def test_split_trunk_of_resnet50_cuts_after_the_first_block_on_the_stride8_grid():
+    # conv1 and the max-pool reach stride 4, layer2's first block stride 8; its second block is the first on
+    # that grid. (Residual blocks are leaves with weights: the check must not take a tensor's truth value.)
+    trunk, _ = build_trunk("resnet50")
+    pre, post = split_trunk(trunk)
+    assert pre[-1] is trunk[5][1] and post[0] is trunk[5][2]

@@ -231,6 +231,8 @@ def test_constrain_loss_handles_zero_q_and_validates_shape():
     assert loss.item() == pytest.approx(expected, rel=1e-5)
     with pytest.raises(ValueError, match=r"crf_probs .*\(1, 3, 2, 3\)"):
         constrain_loss(torch.full((1, 3, 2, 2), 1 / 3), torch.zeros(1, 3, 2, 3))
+    with pytest.raises(ValueError, match=r"^probs must have shape \(B, C, h, w\); got probs \(3, 2, 2\)$"):
+        constrain_loss(torch.full((3, 2, 2), 1 / 3), q[0])
 
 
 # ---------------------------------------------------------------- sec_loss
@@ -295,3 +297,36 @@ def test_sec_loss_rejects_bad_terms():
             sec_loss(logits, cues, labels, crf, terms=terms)
     with pytest.raises(ValueError, match=r"\['constrain'\] need their input"):
         sec_loss(logits, cues, labels, None, terms=("seed", "constrain"))
+
+
+def test_seeding_loss_names_its_input_and_constrain_loss_keeps_the_probs_dtype():
+    with pytest.raises(ValueError, match=r"^probs must have shape \(B, C, h, w\); got probs \(3, 2, 2\)$"):
+        seeding_loss(torch.full((3, 2, 2), 1 / 3), torch.zeros(3, 2, 2, dtype=torch.long))
+    probs = torch.full((1, 3, 2, 2), 1 / 3)
+    loss = constrain_loss(probs, torch.full((1, 3, 2, 2), 1 / 3, dtype=torch.float64))
+    assert loss.dtype == torch.float32
+
+
+def test_sec_loss_inputs_are_checked_with_messages_that_name_them():
+    cues = torch.zeros(1, 2, 2, dtype=torch.long)
+    with pytest.raises(
+        ValueError,
+        match=r"^probs needs C >= 2 classes \(background \+ foreground\); got probs \(1, 1, 2, 2\)$",
+    ):
+        seeding_loss(torch.ones(1, 1, 2, 2), cues)
+    with pytest.raises(ValueError, match=r"^logits must have shape \(B, C, h, w\); got logits \(2, 2\)$"):
+        sec_probs(torch.zeros(2, 2))
+    with pytest.raises(ValueError, match=r"^min_prob must be in \[0, 1\); got 1.0$"):
+        sec_probs(torch.zeros(1, 2, 2, 2), min_prob=1.0)
+    sec_probs(torch.zeros(1, 2, 2, 2), min_prob=0.0)  # no floor is allowed
+    with pytest.raises(ValueError, match=r"^values must have N >= 1 entries to pool; got values \(2, 0\)$"):
+        gwrp(torch.zeros(2, 0), 0.9)
+    with pytest.raises(ValueError, match=r"^probs must have shape \(B, C, h, w\); got probs \(3, 2, 2\)$"):
+        expansion_loss(torch.full((3, 2, 2), 1 / 3), torch.zeros(3, 1))
+
+
+def test_gwrp_of_one_value_is_that_value_and_expansion_defaults_are_secs():
+    assert gwrp(torch.tensor([[0.3]]), 0.9).item() == pytest.approx(0.3)
+    probs = sec_probs(torch.randn(2, 3, 4, 4, generator=torch.Generator().manual_seed(0)))
+    labels = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    assert_close(expansion_loss(probs, labels), expansion_loss(probs, labels, d_fg=0.996, d_bg=0.999))

@@ -174,3 +174,73 @@ def test_seed_quality_splits_labeled_fraction_into_fg_and_bg():
     assert out["bg_labeled_fraction"] == pytest.approx(2 / 7)
     assert out["fg_labeled_fraction"] == pytest.approx(3 / 7)
     assert out["fg_labeled_fraction"] + out["bg_labeled_fraction"] == pytest.approx(out["labeled_fraction"])
+
+
+# ------------------------------------------------------------------- edges the mutation run pointed at
+
+
+def test_cue_validation_messages_name_the_problem():
+    with pytest.raises(ValueError, match=r"^attn must be \(K, H, W\), got shape \(2, 4\)$"):
+        make_cues(ATTN[0], [3], **RULE)
+    # Three maps, one class: the message counts the maps, not the rows.
+    with pytest.raises(ValueError, match="^got 1 classes for 3 attention maps$"):
+        make_cues(np.zeros((3, 2, 4)), [3], **RULE)
+    with pytest.raises(
+        ValueError, match=r"^classes must be distinct foreground indices in \[1, 255\), got \[255\]$"
+    ):
+        make_cues(ATTN[:1], [255], **RULE)
+    for bad in (ATTN * 1.5, np.where(ATTN > 0.7, np.nan, ATTN)):  # max 1.2 (< 2); a nan but no value < 0
+        with pytest.raises(ValueError, match=r"^attn must be finite and normalised into \[0, 1\]$"):
+            make_cues(bad, CLASSES, **RULE)
+    with pytest.raises(
+        ValueError, match="^give exactly one background rule: bg_threshold or a background mask$"
+    ):
+        make_cues(ATTN, CLASSES, fg_fraction=0.2)
+
+
+def test_integer_attention_maps_give_the_float_result():
+    # 0/1 maps (e.g. masks used as attention) are read as floats: same cues and dense map as 0.0/1.0 maps.
+    maps = np.array([[[1, 0], [0, 0]], [[0, 0], [1, 0]]])
+    assert maps.dtype.kind == "i"
+    np.testing.assert_array_equal(make_cues(maps, [2, 4], **RULE), [[2, 0], [4, 0]])
+    np.testing.assert_array_equal(dense_from_attention(maps, [2, 4], bg_threshold=0.5), [[2, 0], [4, 0]])
+
+
+def test_background_thresholds_are_strict():
+    # A value equal to the threshold is not below it. Threshold rule with fg_fraction 0.3: 1.0 is foreground,
+    # 0.25 is neither foreground (not > 0.3) nor background (not < 0.25) -> 255, 0.125 is background.
+    attn = np.array([[[1.0, 0.25, 0.125]]])
+    np.testing.assert_array_equal(make_cues(attn, [3], fg_fraction=0.3, bg_threshold=0.25), [[3, 255, 0]])
+    # Dense: normalised 1.0, 0.25, 0.125 against 0.25 -> class, class (0.25 is not < 0.25), background.
+    np.testing.assert_array_equal(dense_from_attention(attn, [3], bg_threshold=0.25), [[3, 3, 0]])
+
+
+def test_dense_map_ignores_an_all_zero_map():
+    # Class 2's map is all zero: its normalised map is 0 (not 0/0 = nan, which argmax would pick).
+    attn = np.array([[[0.0, 0.0]], [[0.5, 0.0]]])
+    np.testing.assert_array_equal(dense_from_attention(attn, [2, 5], bg_threshold=0.1), [[5, 0]])
+
+
+def test_seed_quality_validation():
+    SeedQuality(num_classes=2).update(np.array([[0, 1, 255]]), np.array([[1, 1, 0]]))  # the smallest case
+    with pytest.raises(ValueError, match=r"^num_classes must be >= 2 \(background \+ a class\), got 1$"):
+        SeedQuality(num_classes=1)
+    sq = SeedQuality(num_classes=3)
+    with pytest.raises(ValueError, match=r"^gt holds label value 3 outside \[0, 3\) and not 255$"):
+        sq.update(np.zeros((1, 2), np.uint8), np.array([[3, 0]]))
+    with pytest.raises(TypeError, match="^gt must hold integer labels, got dtype float64$"):
+        sq.update(np.zeros((1, 2), np.uint8), np.zeros((1, 2)))
+    assert (sq.mat == 0).all()  # nothing was added by the rejected updates
+
+
+def test_seed_quality_of_nothing_is_nan():
+    out = SeedQuality(num_classes=2).compute()
+    assert math.isnan(out["miou"]) and math.isnan(out["precision"]) and out["num_pixels"] == 0
+
+
+def test_seed_quality_bg_precision_uses_background_counts():
+    # Seeds 0 0 | 0 1 against gt 0 0 | 1 1: background seeded 3 times, right twice -> 2/3; class 1 right once.
+    sq = SeedQuality(num_classes=2)
+    sq.update(np.array([[0, 0], [0, 1]]), np.array([[0, 0], [1, 1]]))
+    out = sq.compute()
+    assert out["bg_precision"] == pytest.approx(2 / 3) and out["fg_precision"] == 1.0

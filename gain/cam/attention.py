@@ -22,8 +22,10 @@ def grad_cam(
     pair_class: torch.Tensor,
     *,
     differentiable: bool = True,
+    normalise: bool = True,
 ) -> torch.Tensor:
-    """Eq. 1-2: A^c = ReLU(sum_k w^c_k f_k), w^c_k = GAP(d s^c / d f_k), min-max normalised per map.
+    """Eq. 1-2: A^c = ReLU(sum_k w^c_k f_k), w^c_k = GAP(d s^c / d f_k), min-max normalised per map
+    (`normalise=False`: the map as computed, in the units of feats).
 
     feats (B, K, h, w) must be part of the graph that produced logits (B, C-1). Returns (P, h, w) in [0, 1]
     for the P (image, class) pairs. `differentiable=True` keeps w in the graph (double backward, the
@@ -45,6 +47,8 @@ def grad_cam(
     if not differentiable:
         weights = weights.detach()
     cam = F.relu((weights[:, :, None, None] * feats[pair_image]).sum(dim=1))  # (P, h, w)
+    if not normalise:
+        return cam
     lo = cam.flatten(1).min(dim=1).values[:, None, None]
     hi = cam.flatten(1).max(dim=1).values[:, None, None]
     return (cam - lo) / (hi - lo + EPS)

@@ -44,7 +44,7 @@ def split_trunk(trunk: nn.Module, stride: int = SALIENCY_STRIDE) -> tuple[nn.Seq
     reached = 1
     for i, leaf in enumerate(leaves):
         if reached == stride and (
-            isinstance(leaf, nn.Conv2d) or _stride(leaf) == 1 and any(leaf.parameters())
+            isinstance(leaf, nn.Conv2d) or _stride(leaf) == 1 and next(leaf.parameters(), None) is not None
         ):
             cut = i + 1
             if isinstance(leaf, nn.Conv2d) and cut < len(leaves) and isinstance(leaves[cut], nn.BatchNorm2d):
