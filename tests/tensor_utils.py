@@ -3,6 +3,8 @@
 import pytest
 import torch
 
+from gain.data.dataset import VOCDataset
+
 
 @pytest.fixture(autouse=True)
 def single_thread():
@@ -19,3 +21,15 @@ def assert_close(
     # torch.testing.assert_close costs ~1 s on first use (it imports torch.distributed.tensor).
     assert actual.shape == expected.shape, (actual.shape, expected.shape)
     assert torch.allclose(actual, expected, rtol=rtol, atol=atol), (actual - expected).abs().max()
+
+
+def record_dataset_ids(monkeypatch, module) -> list[list[str]]:
+    """Make `module.VOCDataset` record the ids of every dataset it builds, in order; -> that (live) list."""
+    seen = []
+
+    def recording(index, ids, *args, **kwargs):
+        seen.append(list(ids))
+        return VOCDataset(index, ids, *args, **kwargs)
+
+    monkeypatch.setattr(module, "VOCDataset", recording)
+    return seen

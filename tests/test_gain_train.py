@@ -11,13 +11,13 @@ import pytest
 
 from gain.cam import train as gain_train
 from gain.cam.train import train_gain
-from gain.data.dataset import VOCDataset, synthetic_dataset_index
+from gain.data.dataset import synthetic_dataset_index
 from gain.data.heldout import carve_heldout
 from gain.data.synthetic import SyntheticConfig, generate
 from gain.runtime.engine import CPU, seed_everything
 from gain.runtime.params import load_params
 from gain.runtime.tracking import NullRun
-from tests.tensor_utils import single_thread  # noqa: F401 (autouse fixture)
+from tests.tensor_utils import record_dataset_ids, single_thread  # noqa: F401 (autouse fixture)
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED = load_params(REPO / "params.yaml")
@@ -42,13 +42,7 @@ def run(index, tmp_path, monkeypatch, **overrides):
         heldout_fraction=0.2,
         **overrides,
     )
-    seen = []
-
-    def recording(index_, ids, *args, **kwargs):
-        seen.append(list(ids))
-        return VOCDataset(index_, ids, *args, **kwargs)
-
-    monkeypatch.setattr(gain_train, "VOCDataset", recording)
+    seen = record_dataset_ids(monkeypatch, gain_train)
     seed_everything(0, True)
     result, _ = train_gain(
         p,

@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch import nn
 
-from gain.data.dataset import VOCDataset, synthetic_dataset_index
+from gain.data.dataset import synthetic_dataset_index
 from gain.data.heldout import carve_heldout
 from gain.data.synthetic import SyntheticConfig, generate
 from gain.data.transforms import RandomCrop, RandomHFlip, RandomScale, Resize
@@ -30,7 +30,7 @@ from gain.sec.train import (
     train_sec,
     train_transform,
 )
-from tests.tensor_utils import single_thread  # noqa: F401 (autouse fixture)
+from tests.tensor_utils import record_dataset_ids, single_thread  # noqa: F401 (autouse fixture)
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED = load_params(REPO / "params.yaml")
@@ -215,13 +215,7 @@ def test_sec_heldout_selection_trains_without_the_heldout_ids_and_ships_their_be
         heldout_fraction=0.2,
         losses=("seed", "expand"),
     )
-    seen = []
-
-    def recording(index_, ids, *args, **kwargs):
-        seen.append(list(ids))
-        return VOCDataset(index_, ids, *args, **kwargs)
-
-    monkeypatch.setattr(sec_train, "VOCDataset", recording)
+    seen = record_dataset_ids(monkeypatch, sec_train)
     seed_everything(0, True)
     result, _ = train_sec(
         p,

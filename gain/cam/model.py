@@ -11,7 +11,7 @@ from torch import nn
 
 from gain.cam.attention import grad_cam, label_pairs, soft_mask
 from gain.data.transforms import MEAN, STD
-from gain.models.backbones import build_trunk
+from gain.models.backbones import build_trunk, build_vgg16_with_fc
 from gain.runtime.checkpoint import load_checkpoint
 from gain.runtime.params import GainParams
 
@@ -28,7 +28,9 @@ class Classifier(nn.Module):
         if head not in HEADS:
             raise ValueError(f"head: {head!r} is not one of {HEADS}")
         if head == "vgg_fc":
-            self.trunk, _, self.fc_layers, ch = build_trunk(backbone, weights, fc_head=True)
+            if backbone != "vgg16":
+                raise ValueError(f"head vgg_fc: needs the vgg16 backbone, got {backbone!r}")
+            self.trunk, self.fc_layers, ch = build_vgg16_with_fc(weights)
         else:
             self.trunk, ch = build_trunk(backbone, weights)
             self.fc_layers = None

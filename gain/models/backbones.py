@@ -139,27 +139,27 @@ def vgg16_fc_head(net: nn.Module) -> tuple[nn.Sequential, int]:
     return nn.Sequential(nn.MaxPool2d(2, 2), net.avgpool, nn.Flatten(1), *fc6_fc7), fc6_fc7[3].out_features
 
 
-def build_trunk(
-    name: str, weights: str = "none", *, dilated: bool = False, fc_head: bool = False
-) -> tuple[nn.Module, int] | tuple[nn.Module, int, nn.Sequential, int]:
-    """Feature trunk and its channel count; with `fc_head` (vgg16 only) also `vgg16_fc_head` of the same
-    torchvision network and its width: (trunk, channels, fc layers, fc width).
+def build_vgg16_with_fc(weights: str = "none") -> tuple[nn.Sequential, nn.Sequential, int]:
+    """`vgg16_trunk` and `vgg16_fc_head` of one torchvision VGG16 (one load serves both): (trunk, fc
+    layers, fc width). `weights` as in `build_trunk`; a state_dict path fills the trunk only."""
+    net = torchvision_model("vgg16", weights == "imagenet")
+    trunk = vgg16_trunk(net)
+    _load_weights(trunk, weights)
+    return (trunk, *vgg16_fc_head(net))
+
+
+def build_trunk(name: str, weights: str = "none", *, dilated: bool = False) -> tuple[nn.Module, int]:
+    """Feature trunk and its channel count.
 
     vgg16: `vgg16_trunk` (dilated: DeepLab-LargeFOV's output stride 8). resnet50: conv1..layer4.
     `weights`: none | imagenet (torchvision's cache) | path to a state_dict (of the trunk).
     """
-    if fc_head and name != "vgg16":
-        raise ValueError(f"head vgg_fc: needs the vgg16 backbone, got {name!r}")
     if name == "small":
         if weights == "imagenet":
             raise ValueError("weights: the small backbone has no ImageNet weights; use none or a path")
         trunk, ch = SmallTrunk(), SmallTrunk.out_channels
     elif name == "vgg16":
-        net = torchvision_model("vgg16", weights == "imagenet")
-        trunk, ch = vgg16_trunk(net, dilated=dilated), 512
-        if fc_head:
-            _load_weights(trunk, weights)
-            return (trunk, ch, *vgg16_fc_head(net))
+        trunk, ch = vgg16_trunk(torchvision_model("vgg16", weights == "imagenet"), dilated=dilated), 512
     elif name == "resnet50":
         net = torchvision_model("resnet50", weights == "imagenet")
         trunk = nn.Sequential(
