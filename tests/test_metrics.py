@@ -260,3 +260,28 @@ def test_multilabel_messages_name_the_argument_and_the_bad_values():
         ValueError, match=r"^labels must be 0/1, got values \[0, 1, 2, 3, 4, 5, 6, 7, 8, 9\]$"
     ):
         average_precision(np.zeros((11, 1)), labels)
+
+
+def test_average_precision_counts_a_hit_ranked_last_and_ranks_integer_scores_as_numbers():
+    # The lowest score is a hit in a run of its own: the last threshold (recall 1) counts, P = 1/2 there.
+    assert average_precision(np.array([[0.9], [0.1]]), np.array([[0], [1]]))[0] == pytest.approx(0.5)
+    # uint8 scores (e.g. vote counts) rank by value: 200 first, not wrapped around by the negation.
+    votes = np.array([[0], [200], [100]], dtype=np.uint8)
+    assert average_precision(votes, np.array([[0], [1], [0]]))[0] == 1.0
+    with pytest.raises(ValueError, match=r"^scores contain nan or inf$"):
+        average_precision(np.array([[np.nan], [0.1]]), np.array([[0], [1]]))
+
+
+def test_label_equal_to_num_classes_is_out_of_range_and_the_message_lists_ten_bad_values():
+    cm = ConfusionMatrix(4)
+    with pytest.raises(
+        ValueError,
+        match=r"^gt holds label value 4 \(all bad values: \[4\]\) outside \[0, 4\) and not ignore_index 255$",
+    ):
+        cm.update(np.array([0, 4]), np.array([0, 1]))
+    gt = np.arange(4, 16)  # twelve bad values
+    with pytest.raises(
+        ValueError, match=r"^gt holds label value 4 \(all bad values: \[4, 5, 6, 7, 8, 9, 10, 11, 12, 13\]\) "
+    ):
+        cm.update(gt, np.zeros_like(gt))
+    assert cm.mat.sum() == 0

@@ -197,10 +197,17 @@ def test_expansion_loss_hand_computed_batch_with_term_averaging():
     assert got.item() == pytest.approx(expected, rel=1e-9)
     # Float labels give the same result as bool labels.
     assert expansion_loss(probs, labels.double(), d_fg=d_fg, d_bg=d_bg).item() == pytest.approx(got.item())
+    # Each image averages its absent term over its own absent classes (here 1 and 2), not the batch's.
+    labels = torch.tensor([[True, True, False], [False, True, False]])
+    expected = (ref_image(0, [1, 1, 0]) + ref_image(1, [0, 1, 0])) / 2
+    assert expansion_loss(probs, labels, d_fg=d_fg, d_bg=d_bg).item() == pytest.approx(expected, rel=1e-9)
 
 
 def test_expansion_loss_validates_labels_shape():
-    with pytest.raises(ValueError, match=r"labels .*\(2, 3\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"^labels must have shape \(B, C-1\) = \(2, 2\) to match probs \(2, 3, 4, 4\); got labels \(2, 3\)$",
+    ):
         expansion_loss(torch.full((2, 3, 4, 4), 1 / 3), torch.ones(2, 3))
 
 
@@ -287,6 +294,23 @@ def test_sec_loss_terms_subset_computes_only_those():
     only = sec_loss(logits, None, None, crf, terms=("constrain",), weights=(1.0, 2.0, 0.5))
     assert set(only) == {"constrain", "total"}
     assert_close(only["total"], 0.5 * full["constrain"])
+
+
+def test_sec_loss_passes_min_prob_to_the_softmax_and_to_the_crf_clip():
+    torch.manual_seed(8)
+    cues, labels, crf = _toy_problem()
+    crf = torch.nn.functional.one_hot(crf.argmax(dim=1), 3).permute(0, 3, 1, 2).float()  # zeros to clip
+    logits = torch.randn(2, 3, 8, 8)
+    got = sec_loss(logits, None, None, crf, terms=("constrain",), min_prob=0.05)["constrain"]
+    expected = constrain_loss(sec_probs(logits, 0.05), crf, min_prob=0.05)
+    assert_close(got, expected)
+    assert abs(got.item() - constrain_loss(sec_probs(logits, 0.05), crf).item()) > 0.1
+
+
+def test_sec_loss_weights_are_three():
+    cues, labels, crf = _toy_problem()
+    with pytest.raises(ValueError, match=r"^weights must be \(seed, expand, constrain\); got \(1.0, 1.0\)$"):
+        sec_loss(torch.zeros(2, 3, 8, 8), cues, labels, crf, weights=(1.0, 1.0))
 
 
 def test_sec_loss_rejects_bad_terms():

@@ -39,6 +39,10 @@ def external_loss(attn: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return ((attn - target) ** 2).mean()
 
 
+def _given(t: torch.Tensor | None) -> str:
+    return "None" if t is None else f"a tensor of shape {tuple(t.shape)}"
+
+
 def gain_loss(
     out: dict,
     labels: torch.Tensor,
@@ -46,20 +50,25 @@ def gain_loss(
     alpha: float,
     masks: torch.Tensor | None = None,
     has_mask: torch.Tensor | None = None,
-    omega_e: float = 10.0,
+    omega_e: float | None = None,
 ) -> dict[str, torch.Tensor]:
     """L_self = L_cl + alpha L_am (Eq. 6); with masks for some images, L_ext = L_self + omega_e L_e (Eq. 8).
 
-    `out` is GAIN.forward's dict. alpha = 0 is the Grad-CAM baseline: L_am is still computed and logged but
+    `out` is GAIN.forward's dict. GAIN_ext passes masks (B, H, W), has_mask (B,) and omega_e together. alpha = 0 is the Grad-CAM baseline: L_am is still computed and logged but
     adds exactly nothing to the gradient.
     """
+    if (masks is None) != (has_mask is None) or (masks is not None and omega_e is None):
+        raise ValueError(
+            "GAIN_ext's masks, has_mask and omega_e go together: pass all three or neither masks nor has_mask; "
+            f"got masks={_given(masks)}, has_mask={_given(has_mask)}, omega_e={omega_e!r}"
+        )
     losses = {"cl": classification_loss(out["logits"], labels)}
     if "masked_logits" in out:
         losses["am"] = attention_mining_loss(out["masked_logits"], out["pair_class"])
     else:
         losses["am"] = out["logits"].sum() * 0.0
     total = losses["cl"] + alpha * losses["am"]
-    if masks is not None and has_mask is not None:
+    if masks is not None:
         sel = has_mask[out["pair_image"]]
         if bool(sel.any()):
             h = attention_masks(masks, out["pair_image"][sel], out["pair_class"][sel], out["attn"].shape[-2:])
