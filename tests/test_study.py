@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from gain.data.dataset import DatasetIndex
-from gain.study.__main__ import main
+from gain.study.__main__ import main, merge_heldout
 from gain.study.diagnostics import rolled
 from gain.study.runner import ABLATIONS, METRICS, aggregate, heldout_index, set_dotted
 
@@ -125,6 +125,33 @@ def test_heldout_index_scores_on_training_ids_only():
     assert not set(held.splits["pixel"]) & set(held.splits["val"])
     assert held.splits["seed_eval"] == held.splits["weak_train"]
     assert heldout_index(index, 0.2, seed=0).splits == held.splits
+
+
+def _heldout_run(key: str, seed: int, miou: float) -> dict:
+    return {"group": "variants", "key": key, "seed": seed,
+            "metrics": {"attention_miou": miou, "history": [{"epoch": 1, "attn_miou": miou}]}}  # fmt: skip
+
+
+def test_heldout_record_merges_runs_per_seed():
+    record = {"fraction": 0.2, "variants": {}, "history": []}
+    extra = {"gain/base": {}, "gain/w3": {"gain.warmup_epochs": 3}}
+    record = merge_heldout(
+        record, [_heldout_run("gain/base", 0, 0.2), _heldout_run("gain/base", 1, 0.4)], extra
+    )
+    # A later sweep over seed 0 alone replaces seed 0's value, keeps seed 1's and adds a variant.
+    record = merge_heldout(
+        record, [_heldout_run("gain/base", 0, 0.3), _heldout_run("gain/w3", 0, 0.5)], extra
+    )
+    base = record["variants"]["gain/base"]
+    assert base["seeds"] == [0, 1] and base["metrics"]["attention_miou"]["values"] == [0.3, 0.4]
+    assert base["metrics"]["attention_miou"]["mean"] == pytest.approx(0.35)
+    assert record["variants"]["gain/w3"]["overrides"] == '{"gain.warmup_epochs": 3}'
+    assert sorted((h["key"], h["seed"], h["attn_miou"]) for h in record["history"]) == [
+        ("gain/base", 0, 0.3), ("gain/base", 1, 0.4), ("gain/w3", 0, 0.5)]  # fmt: skip
+    # Changed overrides under the same name start the variant afresh.
+    record = merge_heldout(record, [_heldout_run("gain/w3", 1, 0.6)], {"gain/w3": {"gain.warmup_epochs": 2}})
+    assert record["variants"]["gain/w3"]["seeds"] == [1]
+    assert [h["seed"] for h in record["history"] if h["key"] == "gain/w3"] == [1]
 
 
 def test_rolled_mask_keeps_its_area_and_moves():

@@ -139,6 +139,36 @@ def study(args, raw: dict, out: Path, work: Path) -> None:
     report(args, out, DatasetIndex.load(index_path))
 
 
+def merge_heldout(record: dict, results: list[dict], extra: dict[str, dict]) -> dict:
+    """heldout.json with finished runs merged in, per variant and seed: a run replaces the earlier value of its
+    own seed, other seeds of the variant are kept (so a sweep over one seed adds to a variant measured on
+    more); a variant whose overrides changed starts afresh. extra: variant key -> its overrides."""
+    record = {**record, "variants": dict(record["variants"]), "history": list(record["history"])}
+    for key in dict.fromkeys(r["key"] for r in results):
+        overrides = json.dumps(extra[key])
+        old = record["variants"].get(key)
+        per_seed: dict[int, dict[str, float]] = {}
+        if old is not None and old["overrides"] == overrides:
+            for i, seed in enumerate(old["seeds"]):
+                per_seed[seed] = {m: agg["values"][i] for m, agg in old["metrics"].items()}
+        else:
+            record["history"] = [h for h in record["history"] if h["key"] != key]
+        runs = [r for r in results if r["key"] == key]
+        for r in runs:
+            per_seed[r["seed"]] = {m: v for m, v in r["metrics"].items() if m != "history"}
+        seeds = sorted(per_seed)
+        names = [m for m in per_seed[seeds[0]] if all(m in per_seed[s] for s in seeds)]
+        record["variants"][key] = {
+            "overrides": overrides,
+            "seeds": seeds,
+            "metrics": {m: aggregate([per_seed[s][m] for s in seeds]) for m in names},
+        }
+        redone = {r["seed"] for r in runs}
+        record["history"] = [h for h in record["history"] if not (h["key"] == key and h["seed"] in redone)]
+        record["history"] += history_table(runs)
+    return record
+
+
 def heldout(args, raw: dict, out: Path, work: Path) -> None:
     index_path = prepare_study_data(raw, work)
     data_seed = int(raw["seed"])
@@ -168,19 +198,9 @@ def heldout(args, raw: dict, out: Path, work: Path) -> None:
             if path.is_file()
             else {"fraction": HELDOUT_FRACTION, "variants": {}, "history": []}
         )
-        for key in dict.fromkeys(r["key"] for r in results):
-            runs = [r for r in results if r["key"] == key]
-            names = [m for m in runs[0]["metrics"] if m != "history" and all(m in r["metrics"] for r in runs)]
-            job = next(j for j in jobs if j.key == key)
-            record["variants"][key] = {
-                "overrides": json.dumps(job.extra),
-                "seeds": [r["seed"] for r in runs],
-                "metrics": {m: aggregate([r["metrics"][m] for r in runs]) for m in names},
-            }
-            record["history"] = [h for h in record["history"] if h["key"] != key]
-        record["history"] += history_table(results)
+        extra = {j.key: j.extra for j in jobs}
         out.mkdir(parents=True, exist_ok=True)
-        write_json(path, record)
+        write_json(path, merge_heldout(record, results, extra))
 
     start = time.perf_counter()
     run_jobs(jobs, args.workers, on_done=record_results)
