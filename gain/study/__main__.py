@@ -172,6 +172,7 @@ def merge_heldout(record: dict, results: list[dict], extra: dict[str, dict]) -> 
 def heldout(args, raw: dict, out: Path, work: Path) -> None:
     index_path = prepare_study_data(raw, work)
     data_seed = int(raw["seed"])
+    sets = parse_overrides(args.set)
     variants = {"base": {}}
     for v in args.variant:
         name, _, spec = v.partition(":")
@@ -198,7 +199,7 @@ def heldout(args, raw: dict, out: Path, work: Path) -> None:
             if path.is_file()
             else {"fraction": HELDOUT_FRACTION, "variants": {}, "history": []}
         )
-        extra = {j.key: j.extra for j in jobs}
+        extra = {j.key: {**sets, **j.extra} for j in jobs}  # what differs from params.yaml, --set included
         out.mkdir(parents=True, exist_ok=True)
         write_json(path, merge_heldout(record, results, extra))
 
