@@ -30,7 +30,7 @@ study: $(STAMP)
 	OMP_NUM_THREADS=1 $(BIN)/python -m gain.study --diagnose
 
 # Mutation testing of the modules that hold the method ([tool.mutmut] in pyproject.toml; mutmut is pinned in
-# requirements.lock). Not part of `make test`: about an hour on 2 cores. Report: reports/mutation.md.
+# requirements.lock). Not part of `make test`: about 17 min on 2 idle cores. Report: reports/mutation.md.
 mutation: $(STAMP)
 	rm -rf mutants
 	OMP_NUM_THREADS=1 $(BIN)/mutmut run --max-children 2

@@ -63,6 +63,10 @@ _SAME_BATCH = (
 _CHUNKS = (
     "chunksize only groups tasks per message to a worker; starmap returns the results in order either way"
 )
+_F32_UNARY = "log_probs is checked to be float32, so its negation already is: the cast changes nothing"
+_F32_MARGINALS = (
+    "pydensecrf's inference returns float32 marginals: np.array keeps that dtype without being told"
+)
 EQUIVALENT: dict[str, str] = {
     # gain/seeds/cues.py
     "gain.seeds.cues.x__check_attention__mutmut_10": "classes is a flat sequence at every call site; reshape(None) "
@@ -169,6 +173,10 @@ EQUIVALENT: dict[str, str] = {
     "gain.sec.crf.xǁCRFPoolǁsubmit__mutmut_36": _CHUNKS,
     "gain.sec.crf.xǁCRFPoolǁsubmit__mutmut_39": _CHUNKS,
     "gain.sec.crf.xǁCRFPoolǁsubmit__mutmut_40": _CHUNKS,
+    "gain.sec.crf.x_dense_crf__mutmut_23": _F32_UNARY,
+    "gain.sec.crf.x_dense_crf__mutmut_25": _F32_UNARY,
+    "gain.sec.crf.x_dense_crf__mutmut_42": _F32_MARGINALS,
+    "gain.sec.crf.x_dense_crf__mutmut_44": _F32_MARGINALS,
     "gain.sec.crf.xǁCRFResultǁget__mutmut_8": "after the first get() the result is held in _done and _pending is "
     "never read again, whether None or an empty string",
 }

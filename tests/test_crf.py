@@ -218,19 +218,47 @@ def test_scale_changes_the_result():
 def test_shape_mismatch_names_the_shapes():
     image = np.zeros((6, 8, 3), dtype=np.uint8)
     probs = np.full((3, 6, 7), 1 / 3, dtype=np.float32)
-    with pytest.raises(ValueError, match=r"\(3, 6, 7\).*\(6, 8, 3\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"^log_probs \(C, H, W\) = \(3, 6, 7\) and image \(H, W, 3\) = \(6, 8, 3\) differ in \(H, W\): "
+        r"\(6, 7\) vs \(6, 8\)$",
+    ):
         dense_crf(image, probs, scale=1.0)
 
 
 @pytest.mark.parametrize(
     ("image", "probs", "message"),
     [
-        (np.zeros((6, 7), np.uint8), np.ones((3, 6, 7), np.float32), "image must be an"),
-        (np.zeros((6, 7, 3), np.float32), np.ones((3, 6, 7), np.float32), "uint8"),
-        (np.zeros((7, 6, 3), np.uint8).transpose(1, 0, 2), np.ones((3, 6, 7), np.float32), "C-contiguous"),
-        (np.zeros((6, 7, 3), np.uint8), np.ones((3, 6, 7), np.float64), "float32"),
-        (np.zeros((6, 7, 3), np.uint8), np.ones((6, 7), np.float32), "probs must be a"),
-        (np.zeros((6, 7, 3), np.uint8), np.full((3, 6, 7), -np.inf, np.float32), "finite"),
+        (
+            np.zeros((6, 7), np.uint8),
+            np.ones((3, 6, 7), np.float32),
+            r"^image must be an \(H, W, 3\) array, got shape \(6, 7\)$",
+        ),
+        (
+            np.zeros((6, 7, 3), np.float32),
+            np.ones((3, 6, 7), np.float32),
+            r"^image must be uint8 RGB, got dtype float32$",
+        ),
+        (
+            np.zeros((7, 6, 3), np.uint8).transpose(1, 0, 2),
+            np.ones((3, 6, 7), np.float32),
+            r"^image must be C-contiguous \(pass np\.ascontiguousarray\(image\)\)$",
+        ),
+        (
+            np.zeros((6, 7, 3), np.uint8),
+            np.ones((3, 6, 7), np.float64),
+            r"^log_probs must be float32, got dtype float64$",
+        ),
+        (
+            np.zeros((6, 7, 3), np.uint8),
+            np.ones((6, 7), np.float32),
+            r"^log_probs must be a \(C, H, W\) array, got shape \(6, 7\)$",
+        ),
+        (
+            np.zeros((6, 7, 3), np.uint8),
+            np.full((3, 6, 7), -np.inf, np.float32),
+            r"^log_probs must be finite \(floor probabilities before taking their log\)$",
+        ),
     ],
 )
 def test_bad_inputs_raise(image, probs, message):
@@ -238,10 +266,37 @@ def test_bad_inputs_raise(image, probs, message):
         dense_crf(image, probs, scale=1.0)
 
 
+@pytest.mark.parametrize("shape", [(0, 6, 7), (3, 0, 7), (3, 6, 0)])
+def test_no_class_or_no_pixel_is_an_error(shape):
+    image = np.zeros((*shape[1:], 3), np.uint8)
+    with pytest.raises(
+        ValueError,
+        match=rf"^log_probs must have at least one class and one pixel, got shape {re.escape(str(shape))}$",
+    ):
+        dense_crf(image, np.zeros(shape, np.float32), scale=1.0)
+
+
+@pytest.mark.parametrize("shape", [(1, 6, 7), (3, 1, 7), (3, 6, 1), (2, 1, 1)])
+def test_one_class_one_row_one_column_or_one_pixel_is_allowed(shape):
+    image = np.zeros((*shape[1:], 3), np.uint8)
+    q = dense_crf(image, np.log(np.full(shape, 1 / shape[0], np.float32)), scale=1.0)
+    np.testing.assert_allclose(q.sum(axis=0), 1.0, rtol=1e-5)
+
+
+def test_scale_divides_both_spatial_stds():
+    image, probs = _regions_case(3, h=12, w=14)
+    params = CRFParams(gauss_compat=2.0, bilateral_compat=5.0)
+    divided = CRFParams(gauss_sxy=3.0 / 4, gauss_compat=2.0, bilateral_sxy=80.0 / 4, bilateral_compat=5.0)
+    np.testing.assert_array_equal(
+        dense_crf(image, probs, scale=4.0, params=params), dense_crf(image, probs, scale=1.0, params=divided)
+    )
+
+
 def test_bad_scale_and_params_raise():
     image, probs = _regions_case(0)
-    with pytest.raises(ValueError, match="scale"):
-        dense_crf(image, probs, scale=0.0)
+    for scale in (0.0, True, "1"):
+        with pytest.raises(ValueError, match=rf"^scale must be a number > 0, got {re.escape(repr(scale))}$"):
+            dense_crf(image, probs, scale=scale)
     with pytest.raises(ValueError, match="bilateral_srgb"):
         CRFParams(bilateral_srgb=-1.0)
     with pytest.raises(ValueError, match="gauss_compat"):
@@ -339,6 +394,8 @@ def test_one_worker_pool_runs_batches_empty_ones_too_and_honours_the_timeout():
     images, probs = _batch(7, b=2, h=60, w=80)
     with CRFPool(1) as single:
         assert single._pool is not None  # one worker process, not the inline path
+        assert single._pool._ctx.get_start_method() == "spawn"  # not fork: the caller has torch's threads
+        assert single._pool._processes == 1  # the size asked for, not one worker per core
         empty = single.map(images[:0], probs[:0], scale=1.0)
         assert empty.shape == (0, *probs.shape[1:]) and empty.dtype == np.float32
         pending = single.submit(images, probs, scale=1.0)

@@ -50,6 +50,21 @@ def test_make_cues_order_follows_classes():
     np.testing.assert_array_equal(make_cues(ATTN[::-1], CLASSES[::-1], **RULE), CUES_MAX)
 
 
+def test_zero_map_is_written_as_zeros_whatever_the_memory_held_before():
+    # An all-zero map's normalised values must be written (0), not left as whatever a freed block of the same
+    # size held: numpy reuses small freed blocks, so free one full of ones just before each call.
+    attn = np.zeros((2, 4, 4))
+    attn[0, 1:3, 1:3] = 1.0
+    for _ in range(5):
+        junk = np.ones_like(attn)
+        del junk
+        cues = make_cues(attn, [3, 7], **RULE)
+        assert not (cues == 7).any()
+        junk = np.ones_like(attn)
+        del junk
+        assert not (dense_from_attention(attn, [3, 7], bg_threshold=0.05) == 7).any()
+
+
 def test_make_cues_zero_map_contributes_nothing():
     zero = np.zeros((1, 2, 4))
     with_zero = make_cues(np.concatenate([ATTN[:1], zero]), [3, 7], **RULE)
