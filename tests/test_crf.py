@@ -354,7 +354,7 @@ def test_empty_batch_and_closed_pool():
     closed = CRFPool(1)
     closed.close()
     closed.close()
-    with pytest.raises(RuntimeError, match="closed"):
+    with pytest.raises(RuntimeError, match=r"^CRFPool is closed$"):
         closed.map(images, probs, scale=1.0)
 
 
@@ -404,7 +404,3 @@ def test_one_worker_pool_runs_batches_empty_ones_too_and_honours_the_timeout():
         out = pending.get(timeout=60)
         np.testing.assert_array_equal(out, single.map(images, probs, scale=1.0))
     np.testing.assert_array_equal(out[1], dense_crf(images[1], probs[1], scale=1.0))
-    closed = CRFPool(1)
-    closed.close()
-    with pytest.raises(RuntimeError, match=r"^CRFPool is closed$"):
-        closed.submit(images, probs, scale=1.0)

@@ -54,8 +54,9 @@ def gain_loss(
 ) -> dict[str, torch.Tensor]:
     """L_self = L_cl + alpha L_am (Eq. 6); with masks for some images, L_ext = L_self + omega_e L_e (Eq. 8).
 
-    `out` is GAIN.forward's dict. GAIN_ext passes masks (B, H, W), has_mask (B,) and omega_e together. alpha = 0 is the Grad-CAM baseline: L_am is still computed and logged but
-    adds exactly nothing to the gradient.
+    `out` is GAIN.forward's dict. GAIN_ext passes masks (B, H, W), has_mask (B,) and omega_e together.
+    alpha = 0 is the Grad-CAM baseline: L_am is still computed and logged but adds exactly nothing to the
+    gradient.
     """
     if (masks is None) != (has_mask is None) or (masks is not None and omega_e is None):
         raise ValueError(

@@ -146,14 +146,17 @@ def merge_heldout(record: dict, results: list[dict], extra: dict[str, dict]) -> 
     record = {**record, "variants": dict(record["variants"]), "history": list(record["history"])}
     for key in dict.fromkeys(r["key"] for r in results):
         overrides = json.dumps(extra[key])
+        runs = [r for r in results if r["key"] == key]
+        redone = {r["seed"] for r in runs}
         old = record["variants"].get(key)
         per_seed: dict[int, dict[str, float]] = {}
         if old is not None and old["overrides"] == overrides:
             for i, seed in enumerate(old["seeds"]):
-                per_seed[seed] = {m: agg["values"][i] for m, agg in old["metrics"].items()}
-        else:
-            record["history"] = [h for h in record["history"] if h["key"] != key]
-        runs = [r for r in results if r["key"] == key]
+                if seed not in redone:
+                    per_seed[seed] = {m: agg["values"][i] for m, agg in old["metrics"].items()}
+        kept = set(per_seed)
+        record["history"] = [h for h in record["history"] if h["key"] != key or h["seed"] in kept]
+        record["history"] += history_table(runs)
         for r in runs:
             per_seed[r["seed"]] = {m: v for m, v in r["metrics"].items() if m != "history"}
         seeds = sorted(per_seed)
@@ -163,9 +166,6 @@ def merge_heldout(record: dict, results: list[dict], extra: dict[str, dict]) -> 
             "seeds": seeds,
             "metrics": {m: aggregate([per_seed[s][m] for s in seeds]) for m in names},
         }
-        redone = {r["seed"] for r in runs}
-        record["history"] = [h for h in record["history"] if not (h["key"] == key and h["seed"] in redone)]
-        record["history"] += history_table(runs)
     return record
 
 
@@ -190,6 +190,7 @@ def heldout(args, raw: dict, out: Path, work: Path) -> None:
                         diagnose=True, holdout=HELDOUT_FRACTION, data_seed=data_seed, extra=ov)
                 )  # fmt: skip
     path = out / "heldout.json"
+    extra = {j.key: {**sets, **j.extra} for j in jobs}  # what differs from params.yaml, --set included
 
     def record_results(results: list[dict]) -> None:
         """Merge the finished runs into heldout.json (written after every run: a long sweep cut short keeps
@@ -199,7 +200,6 @@ def heldout(args, raw: dict, out: Path, work: Path) -> None:
             if path.is_file()
             else {"fraction": HELDOUT_FRACTION, "variants": {}, "history": []}
         )
-        extra = {j.key: {**sets, **j.extra} for j in jobs}  # what differs from params.yaml, --set included
         out.mkdir(parents=True, exist_ok=True)
         write_json(path, merge_heldout(record, results, extra))
 
