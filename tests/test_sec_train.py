@@ -22,6 +22,7 @@ from gain.runtime.params import load_params
 from gain.runtime.tracking import NullRun
 from gain.sec import train as sec_train
 from gain.sec.evaluate import TEST_PROB_FLOOR, crf_unary, predict
+from gain.sec.scale import resolve, train_crf_scale
 from gain.sec.train import (
     cell_pixels,
     downscale_cues,
@@ -87,7 +88,7 @@ def test_step_hands_the_crf_the_unfloored_log_softmax():
     assert set(out) == {"seed", "expand", "constrain", "total"}
     ((images, log_probs, scale),) = pool.calls
     assert images.shape == (2, 2, 2, 3) and images.dtype == np.uint8
-    assert scale == SHIPPED.sec.crf_scale
+    assert scale == resolve(SHIPPED.sec.crf_scale, train_crf_scale, (2, 2))
     expected = torch.log_softmax(net.logits, dim=1).numpy()
     np.testing.assert_allclose(log_probs, expected, atol=1e-5)
     assert log_probs.min() < -49  # no floor: log(1e-5) would be -11.5, SEC's min_prob -9.2

@@ -18,6 +18,7 @@ from gain.runtime.params import load_params
 from gain.sec.crf import CRFPool, dense_crf
 from gain.sec.losses import constrain_loss, expansion_loss, sec_probs, seeding_loss
 from gain.sec.model import LargeFOV
+from gain.sec.scale import gwrp_decay, gwrp_decays
 from gain.sec.train import downscale_cues, downscale_images, sec_step_losses
 from tests.pipeline_utils import REPO
 
@@ -72,6 +73,18 @@ def test_sec_step_sends_d_fg_to_present_classes_and_d_bg_to_background(sec_setup
     assert not close(out["expand"], step(sec_setup, d_fg=0.3, d_bg=0.5, losses=("expand",))["expand"])
 
 
+def test_sec_step_auto_decays_are_secs_carried_to_the_output_grid(sec_setup):
+    net, batch, logits = sec_setup
+    n = logits.shape[-2] * logits.shape[-1]
+    probs = sec_probs(logits, SHIPPED.sec.min_prob)
+    out = step(sec_setup, d_fg="auto", d_bg="auto", losses=("expand",))
+    want = expansion_loss(probs, batch["label"], d_fg=gwrp_decay(0.996, n), d_bg=gwrp_decay(0.999, n))
+    assert close(out["expand"], want)
+    assert not close(out["expand"], expansion_loss(probs, batch["label"], d_fg=0.996, d_bg=0.999))
+    mixed = step(sec_setup, d_fg=0.3, d_bg="auto", losses=("expand",))["expand"]
+    assert close(mixed, expansion_loss(probs, batch["label"], d_fg=0.3, d_bg=gwrp_decay(0.999, n)))
+
+
 def test_sec_step_min_prob_reaches_every_term(sec_setup):
     net, batch, logits = sec_setup
     for m in (1e-4, 0.05):
@@ -79,9 +92,8 @@ def test_sec_step_min_prob_reaches_every_term(sec_setup):
         probs = sec_probs(logits, m)
         cues = downscale_cues(batch["mask"], tuple(logits.shape[-2:]), align_corners=net.align_corners)
         assert close(out["seed"], seeding_loss(probs, cues))
-        assert close(
-            out["expand"], expansion_loss(probs, batch["label"], d_fg=SHIPPED.sec.d_fg, d_bg=SHIPPED.sec.d_bg)
-        )
+        d_fg, d_bg = gwrp_decays(SHIPPED.sec.d_fg, SHIPPED.sec.d_bg, tuple(logits.shape[-2:]))
+        assert close(out["expand"], expansion_loss(probs, batch["label"], d_fg=d_fg, d_bg=d_bg))
     assert not close(step(sec_setup, min_prob=1e-4)["seed"], step(sec_setup, min_prob=0.05)["seed"])
 
 
@@ -102,12 +114,13 @@ def test_sec_step_crf_scale_and_unary_reach_the_constrain_term(sec_setup):
     unary) and crf_scale; its Q is what the constrain term compares the output with."""
     net, batch, logits = sec_setup
     size = tuple(logits.shape[-2:])
-    for scale in (1.0, 12.0):
+    for scale, expected in ((1.0, 1.0), (12.0, 12.0), ("auto", 12 * 41 / max(size))):
         pool = RecordingPool()
         with torch.no_grad():
             out = sec_step_losses(net, batch, pool, sec_params(crf_scale=scale, losses=("constrain",)), CPU)
         ((images, log_probs, used),) = pool.calls
-        assert used == scale
+        assert used == pytest.approx(expected)
+        scale = used
         np.testing.assert_array_equal(
             images, downscale_images(batch["image"], size, align_corners=net.align_corners)
         )

@@ -46,6 +46,7 @@ class SyntheticParams:
     context_rate: float = _range(0.0, 1.0)
     pixel_labelled: int = _range(0)
     part_fraction: float = _range(0.01, 0.9)
+    object_size: float = _range(0.05, 0.7)
 
 
 @dataclass(frozen=True)
@@ -109,10 +110,11 @@ class SecParams:
     lr_step: int = _range(1)
     momentum: float = _range(0.0, 1.0)
     weight_decay: float = _range(0.0)
-    d_fg: float = _range(0.0, 1.0)
-    d_bg: float = _range(0.0, 1.0)
+    # auto: SEC's values carried to the output grid by gain.sec.scale's rule
+    d_fg: float | Literal["auto"] = _range(0.0, 1.0)
+    d_bg: float | Literal["auto"] = _range(0.0, 1.0)
     min_prob: float = _range(0.0, 0.1)
-    crf_scale: float = _range(0.01)
+    crf_scale: float | Literal["auto"] = _range(0.01)
     eval_every: int = _range(1)
     select: Literal["last", "heldout"] = _range()
     heldout_fraction: float = _range(0.0, 0.5)
@@ -122,6 +124,7 @@ class SecParams:
 class EvaluateParams:
     split: str
     crf: bool
+    crf_scale: float | Literal["auto"] = _range(0.01)  # auto: gain.sec.scale.inference_crf_scale per image
 
 
 @dataclass(frozen=True)
@@ -164,7 +167,7 @@ STAGE_PARAMS: dict[str, tuple[str, ...]] = {
     "gain": ("seed", "device", "deterministic", "gain"),
     "seeds": ("device", "seeds"),
     "sec": ("seed", "device", "deterministic", "sec"),
-    "evaluate": ("device", "evaluate"),
+    "evaluate": ("device", "seeds", "evaluate"),
 }
 
 
@@ -198,6 +201,15 @@ def _type_name(tp) -> str:
 
 def _convert(value, tp, key: str, meta) -> object:
     origin = typing.get_origin(tp)
+    if origin is typing.Union:  # a number or a rule's name: `float | Literal["auto"]`
+        choices = [a for a in typing.get_args(tp) if typing.get_origin(a) is Literal]
+        names = [v for c in choices for v in typing.get_args(c)]
+        if isinstance(value, str):
+            if value not in names:
+                raise ParamsError(f"{key}: {value!r} is not allowed; give a number or {' | '.join(names)}")
+            return value
+        (number,) = [a for a in typing.get_args(tp) if a not in choices]
+        return _convert(value, number, key, meta)
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise ParamsError(f"{key}: expected a mapping of {tp.__name__} keys, got {value!r}")

@@ -14,6 +14,7 @@ from gain.data.dataset import VOCDataset
 from gain.evaluation.metrics import ConfusionMatrix
 from gain.runtime.engine import Runtime, eval_loader
 from gain.sec.crf import CRFPool
+from gain.sec.scale import inference_crf_scale, resolve
 
 TEST_CRF_SCALE = 1.0  # SEC's test-time CRF runs on the full image: spatial stds not divided
 TEST_PROB_FLOOR = 1e-5  # SEC's demo floors the upsampled probabilities before the log of the CRF unary
@@ -62,11 +63,18 @@ class SegmentationScores:
 
 
 def evaluate_segmenter(
-    model, dataset: VOCDataset, rt: Runtime, *, crf_pool: CRFPool | None = None, n_examples: int = 0
+    model,
+    dataset: VOCDataset,
+    rt: Runtime,
+    *,
+    crf_pool: CRFPool | None = None,
+    crf_scale: float | str = "auto",
+    n_examples: int = 0,
 ) -> SegmentationScores:
     """Score `model` on `dataset` (keep_original=True) the devkit's way, and with `crf_pool` also after the
-    test-time CRF. Each image's CRF is its own pool job; up to two jobs per worker stay in flight so the
-    workers are busy while the network predicts the next images."""
+    test-time CRF (spatial stds divided by `crf_scale`; "auto": gain.sec.scale.inference_crf_scale of each image's
+    size). Each image's CRF is its own pool job; up to two jobs per worker stay in flight so the workers
+    are busy while the network predicts the next images."""
     n = dataset.index.num_classes
     scores = SegmentationScores(ConfusionMatrix(n), ConfusionMatrix(n) if crf_pool is not None else None)
     pending: deque = deque()
@@ -87,10 +95,48 @@ def evaluate_segmenter(
             example = {"item": item, "pred": pred, "crf_pred": None}
             scores.examples.append(example)
         if crf_pool is not None:
-            job = crf_pool.submit(item["orig_image"][None], crf_unary(probs)[None], TEST_CRF_SCALE)
+            scale = resolve(crf_scale, inference_crf_scale, gt.shape)
+            job = crf_pool.submit(item["orig_image"][None], crf_unary(probs)[None], scale)
             pending.append((gt, job, example))
             while len(pending) > 2 * max(crf_pool.processes, 1):
                 finish()
     while pending:
         finish()
     return scores
+
+
+def attention_probs(
+    attn: np.ndarray, classes: np.ndarray, num_classes: int, *, fg_fraction: float
+) -> np.ndarray:
+    """(C, H, W) float32 scores from one image's attention, for the CRF: each present class its max-normalised
+    map, background the cue threshold `fg_fraction`, absent classes 0, normalised to sum 1. The argmax is
+    the binarised attention that attention mIoU scores (a class where its map > fg_fraction of its max)."""
+    scores = np.zeros((num_classes, *attn.shape[1:]), dtype=np.float64)
+    scores[0] = fg_fraction
+    peak = attn.max(axis=(1, 2), initial=0.0)
+    for a, c, m in zip(attn, classes, peak, strict=True):
+        scores[c] = a / m if m > 0 else 0.0
+    return (scores / scores.sum(axis=0, keepdims=True)).astype(np.float32)
+
+
+def evaluate_attention_crf(
+    attention, num_classes: int, pool: CRFPool, *, fg_fraction: float, crf_scale: float | str = "auto"
+) -> float:
+    """mIoU of SEC's test-time CRF applied to the attention alone (a reference for SEC + CRF: what the CRF
+    makes of the seeds' dense attention without SEC). attention: iterable of (item, attn (K, H, W) at the
+    image's resolution, classes (K,) 1-based: the image's ground-truth classes), e.g. the seeds stage's
+    gain.seeds.extract.image_attention over the reported split."""
+    cm = ConfusionMatrix(num_classes)
+    pending: deque = deque()
+    for item, attn, classes in attention:
+        probs = attention_probs(attn, classes, num_classes, fg_fraction=fg_fraction)
+        gt = item["orig_mask"]
+        scale = resolve(crf_scale, inference_crf_scale, gt.shape)
+        pending.append((gt, pool.submit(item["orig_image"][None], crf_unary(probs)[None], scale)))
+        while len(pending) > 2 * max(pool.processes, 1):
+            gt, job = pending.popleft()
+            cm.update(gt, job.get()[0].argmax(0).astype(np.uint8))
+    while pending:
+        gt, job = pending.popleft()
+        cm.update(gt, job.get()[0].argmax(0).astype(np.uint8))
+    return cm.compute()["miou"]

@@ -19,6 +19,7 @@ from gain.sec.crf import CRFPool
 from gain.sec.evaluate import evaluate_segmenter
 from gain.sec.losses import sec_loss
 from gain.sec.model import LargeFOV, build_sec
+from gain.sec.scale import gwrp_decays, resolve, train_crf_scale
 
 
 def cell_pixels(n_in: int, n_out: int, *, align_corners: bool) -> torch.Tensor:
@@ -58,13 +59,15 @@ def sec_step_losses(net, batch: dict, pool: CRFPool, p: SecParams, rt: Runtime) 
     crf = cues = labels = None
     if "constrain" in p.losses:
         log_probs = torch.log_softmax(logits.detach(), dim=1).cpu().numpy().astype(np.float32)
-        q = pool.map(downscale_images(batch["image"], size, align_corners=align), log_probs, p.crf_scale)
+        scale = resolve(p.crf_scale, train_crf_scale, size)
+        q = pool.map(downscale_images(batch["image"], size, align_corners=align), log_probs, scale)
         crf = torch.from_numpy(q).to(rt.device)
     if "seed" in p.losses:
         cues = downscale_cues(batch["mask"], size, align_corners=align).to(rt.device)
     if "expand" in p.losses:
         labels = batch["label"].to(rt.device)
-    return sec_loss(logits, cues, labels, crf, terms=p.losses, d_fg=p.d_fg, d_bg=p.d_bg, min_prob=p.min_prob)
+    d_fg, d_bg = gwrp_decays(p.d_fg, p.d_bg, size)
+    return sec_loss(logits, cues, labels, crf, terms=p.losses, d_fg=d_fg, d_bg=d_bg, min_prob=p.min_prob)
 
 
 def train_transform(p: SecParams) -> Compose:
