@@ -10,7 +10,7 @@ import torch
 from gain.cam.model import load_classifier
 from gain.data.dataset import DatasetIndex, VOCDataset
 from gain.data.transforms import eval_preset
-from gain.evaluation.report import qualitative_figure, write_evaluation
+from gain.evaluation.report import attention_crf_reference, qualitative_figure, write_evaluation
 from gain.runtime import layout
 from gain.runtime.cli import run_stage
 from gain.runtime.engine import setup_runtime
@@ -38,7 +38,17 @@ def main() -> None:
         ds = VOCDataset(index, index.splits[p.split], eval_preset(sec_p["input_size"]), keep_original=True)
         with CRFPool(knobs.crf_workers if p.crf else 0) as pool:
             scores = evaluate_segmenter(
-                model.to(rt.device), ds, rt, crf_pool=pool if p.crf else None, n_examples=knobs.vis_images
+                model.to(rt.device),
+                ds,
+                rt,
+                crf_pool=pool if p.crf else None,
+                crf_scale=p.crf_scale,
+                n_examples=knobs.vis_images,
+            )
+        reference = {}
+        if p.crf:  # the CRF alone on the attention the seeds came from: what SEC + CRF must beat
+            reference = attention_crf_reference(
+                classifier.to(rt.device), ds, params.seeds, rt, crf_scale=p.crf_scale, knobs=knobs
             )
         with torch.no_grad():
             figure = qualitative_figure(
@@ -53,6 +63,7 @@ def main() -> None:
             seeds=seeds,
             qualitative=figure,
             provenance=run.provenance(),
+            reference=reference,
         )
         run.log_pipeline_metrics({**gain, **seeds, **metrics})  # the headline, on the pipeline run too
         for files in layout.OUTPUTS["evaluate"].values():

@@ -38,12 +38,12 @@ def tiny_study(tmp_path_factory) -> Path:
 
 
 def check_stat(stat: dict, n: int) -> None:
-    assert set(stat) == {"mean", "std", "values"}
+    assert set(stat) == {"n", "mean", "std", "values"}
     values = stat["values"]
-    assert len(values) == n
+    assert len(values) == n == stat["n"]
     assert all(isinstance(v, float) and math.isfinite(v) for v in values)
     assert stat["mean"] == pytest.approx(float(np.mean(values)), abs=1e-12)
-    assert stat["std"] == pytest.approx(float(np.std(values)), abs=1e-12)
+    assert stat["std"] == pytest.approx(float(np.std(values, ddof=1)) if n > 1 else 0.0, abs=1e-12)
 
 
 def test_summary_schema_and_values(tiny_study):
@@ -103,7 +103,14 @@ def test_set_dotted_overrides_and_names_unknown_keys():
 
 
 def test_aggregate_rejects_what_json_cannot_hold():
-    assert aggregate([1, 3]) == {"mean": 2.0, "std": 1.0, "values": [1.0, 3.0]}
+    # Sample std (ddof = 1): sqrt(((1 - 2)^2 + (3 - 2)^2) / 1); population std would be 1.
+    assert aggregate([1, 3]) == {
+        "n": 2,
+        "mean": 2.0,
+        "std": pytest.approx(math.sqrt(2)),
+        "values": [1.0, 3.0],
+    }
+    assert aggregate([5.0]) == {"n": 1, "mean": 5.0, "std": 0.0, "values": [5.0]}
     for bad in ([], [float("nan")], [1.0, float("inf")]):
         with pytest.raises(ValueError):
             aggregate(bad)

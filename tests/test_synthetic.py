@@ -70,7 +70,7 @@ def test_same_seed_same_bytes_other_seed_differs(tmp_path, tiny):
 def test_voc_layout(tiny):
     root, stats = tiny
     names = read_class_names(root)
-    assert names == ("background", "disc", "kite", "star", "block")
+    assert names == ("background", "disc", "block", "hexa", "ring")
     for sub in (
         "JPEGImages",
         "SegmentationClass",

@@ -22,7 +22,7 @@ class DatasetIndex:
     """What the data stage hands to later stages (`data/dataset/index.json`).
 
     root: the VOC2012-layout folder; splits: role -> ids (`weak_train`, `seed_eval`, `val`, `pixel`,
-    `bias_object_only`, `bias_context_only`); labels: id -> foreground class indices (1-based).
+    `bias_object_only`, `bias_context_only`, `part_hidden`); labels: id -> foreground class indices (1-based).
     """
 
     root: Path
@@ -111,6 +111,7 @@ def synthetic_dataset_index(root: Path, *, label_rule: str = "all") -> DatasetIn
         "pixel": read_split(root, "train_pixel"),
         "bias_object_only": read_split(root, "bias_object_only"),
         "bias_context_only": read_split(root, "bias_context_only"),
+        "part_hidden": read_split(root, "part_hidden"),
     }
     return build_index(root, "synthetic", splits, label_rule=label_rule)
 

@@ -1,25 +1,32 @@
 """Built-in synthetic dataset in the exact PASCAL VOC 2012 layout, designed so GAIN's phenomena are measurable.
 
-Every object has a weakly distinctive BODY (class mean colour with large per-instance jitter, low-contrast
-texture) and a small DISCRIMINATIVE PART (about `part_fraction` of its area) with a high-contrast,
-class-unique pattern. A plain classifier can solve the task from the part alone, so its attention covers
-only part of the object - the failure GAIN's attention mining targets - while the masks cover the whole
-object. One class (`bias_class`, like the paper's boat) mostly appears on a "water" background in train;
-the held-out splits `bias_object_only` (the class without water) and `bias_context_only` (water without the
-class) measure the context bias of the paper's Table 4.
+Every object is large against the classifier's attention grid (area-equivalent diameter `object_size` of the
+image side: about 6-7 cells of the 8 px grid at 112 px) and has two kinds of evidence:
+- a weakly distinctive BODY: the class silhouette with a faint class-specific grating, in a colour drawn
+  from one palette that every class and every non-water background also uses, so colour alone neither
+  names the class nor separates the object from its background;
+- a small DISCRIMINATIVE PART (`part_fraction` of the area, at most ~10%) at an extremity of the object
+  (never centred), with a high-contrast class-unique pattern.
+A plain classifier can solve the task from the part alone, so its attention can cover the part and little
+of the body - the failure GAIN's attention mining targets - while the masks cover the whole object. The
+held-out split `part_hidden` (objects drawn with the part painted over by the body) measures how much body
+evidence a classifier uses. One class (`bias_class`, like the paper's boat) mostly appears on a "water"
+background in train; the held-out splits `bias_object_only` (the class without water) and
+`bias_context_only` (water without the class) measure the context bias of the paper's Table 4.
 
 Layout under `root` (plays the role of VOCdevkit/VOC2012):
     JPEGImages/<id>.jpg, SegmentationClass/<id>.png (palette, 255 on object borders), Annotations/<id>.xml,
-    ImageSets/Segmentation/{train,val,trainval,train_pixel,bias_object_only,bias_context_only}.txt,
-    classes.txt, plus extras that VOC lacks: SegmentationPart/<id>.png (the SegmentationClass values on the
-    visible discriminative parts, else 0: measures how much attention falls on the part), backgrounds.json
-    ({id: texture name}) and synthetic.json (config and stats).
+    ImageSets/Segmentation/{train,val,trainval,train_pixel,bias_object_only,bias_context_only,
+    part_hidden}.txt, classes.txt, plus extras that VOC lacks: SegmentationPart/<id>.png (the
+    SegmentationClass values on the visible discriminative parts, else 0: measures how much attention falls
+    on the part), backgrounds.json ({id: texture name}) and synthetic.json (config and stats).
 """
 
 from __future__ import annotations
 
 import colorsys
 import dataclasses
+import functools
 import math
 import numbers
 import os
@@ -38,18 +45,28 @@ from tqdm import tqdm
 from gain.data.voc import IGNORE_INDEX, voc_palette, write_annotation_xml
 from gain.runtime.io import atomic_path, save_palette_png, write_json, write_text
 
+# Compact silhouettes first: at a given area they stay inside the image (a thin kite or star would not).
 CLASS_NAMES = (
-    "disc", "kite", "star", "block", "cross", "ring", "wedge", "moon", "hexa", "bar", "arch", "heart",
+    "disc", "block", "hexa", "ring", "heart", "cross", "wedge", "moon", "kite", "star", "bar", "arch",
 )  # fmt: skip
 WATER = "water"
 TEXTURES = ("noise", "stripes", "blobs", "gradient")  # the non-water backgrounds
-SPLITS = ("train", "val", "bias_object_only", "bias_context_only")
+SPLITS = ("train", "val", "bias_object_only", "bias_context_only", "part_hidden")
 ID_PREFIX = {
     "train": "syn_train",
     "val": "syn_val",
     "bias_object_only": "syn_bobj",
     "bias_context_only": "syn_bctx",
+    "part_hidden": "syn_phid",
 }
+# The colours of bodies and of every non-water background: moderate saturation, no water blues.
+PALETTE = tuple(
+    np.array(c) / 255.0
+    for c in (
+        (196, 92, 70), (214, 170, 82), (150, 176, 88), (86, 150, 120),
+        (160, 110, 170), (200, 120, 150), (120, 110, 90), (190, 190, 175),
+    )
+)  # fmt: skip
 
 # Class-unique (colour, colour) pairs of the discriminative part; the pattern cycles over PART_PATTERNS.
 PART_COLOURS = (
@@ -82,12 +99,13 @@ class SyntheticConfig:
     n_train: int = 240
     n_val: int = 80
     n_bias_eval: int = 40  # images in each held-out biased split
-    max_objects: int = 3  # 1..max_objects objects per train/val image
+    max_objects: int = 2  # 1..max_objects objects per train/val image
     bias_class: int = 1  # 1-based foreground class that carries the context bias (the paper's boat)
     bias_fraction: float = 0.9  # fraction of train/val images containing bias_class that show water
     context_rate: float = 0.05  # fraction of train/val images without bias_class that show water
     pixel_labelled: int = 24  # train images whose masks GAIN_ext may use
-    part_fraction: float = 0.15  # area of the discriminative part relative to the object
+    part_fraction: float = 0.08  # area of the discriminative part relative to the object
+    object_size: float = 0.48  # mean area-equivalent diameter of an object / image side (+-15% per object)
     seed: int = 0
 
     def __post_init__(self):
@@ -104,7 +122,12 @@ class SyntheticConfig:
             "pixel_labelled": (0, t, f"n_train={t}"),
             "seed": (0, None),
         }
-        floats = {"bias_fraction": (0.0, 1.0), "context_rate": (0.0, 1.0), "part_fraction": (0.01, 0.9)}
+        floats = {
+            "bias_fraction": (0.0, 1.0),
+            "context_rate": (0.0, 1.0),
+            "part_fraction": (0.01, 0.9),
+            "object_size": (0.05, 0.7),
+        }
         for name, (lo, hi, *label) in {**ints, **floats}.items():
             value = getattr(self, name)
             kind, cast = (numbers.Real, float) if name in floats else (numbers.Integral, int)
@@ -193,13 +216,22 @@ def _smooth_noise(rng: np.random.Generator, shape: tuple[int, ...], sigma: float
     return n / (n.std() + 1e-8)
 
 
-def _dull_colour(rng: np.random.Generator) -> np.ndarray:
-    """A low-saturation background colour whose hue avoids water's blues (hue 0.5..0.7)."""
-    return _hsv(0.7 + 0.8 * rng.random(), rng.uniform(0.1, 0.45), rng.uniform(0.35, 0.85))
+def _palette_colour(rng: np.random.Generator, used: list[int], avoid: frozenset = frozenset()) -> np.ndarray:
+    """A PALETTE colour (index appended to `used`) not in `avoid`, jittered by +-0.04 per channel."""
+    k = int(rng.choice([i for i in range(len(PALETTE)) if i not in avoid]))
+    used.append(k)
+    return PALETTE[k] + rng.uniform(-0.04, 0.04, 3)
 
 
-def _background(rng: np.random.Generator, name: str, size: int) -> np.ndarray:
-    """(H, W, 3) float texture in [0, 1]."""
+def _background(rng: np.random.Generator, name: str, size: int) -> tuple[np.ndarray, frozenset]:
+    """(H, W, 3) float texture in [0, 1], and the PALETTE indices it uses (none for water)."""
+    used: list[int] = []
+    img = _texture(rng, name, size, lambda: _palette_colour(rng, used))
+    return img, frozenset(used)
+
+
+def _texture(rng: np.random.Generator, name: str, size: int, colour) -> np.ndarray:
+    """(H, W, 3) float background texture; `colour()` draws each of its colours."""
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float64)
     if name == WATER:
         # Blue waves: a wobbly sinusoid along a near-horizontal direction, with bright crests.
@@ -212,22 +244,22 @@ def _background(rng: np.random.Generator, name: str, size: int) -> np.ndarray:
         img = base * (0.8 + 0.3 * w[..., None]) + 0.35 * crest * (1.0 - base)
         return img + 0.02 * _smooth_noise(rng, (size, size, 3), 1.0)
     if name == "noise":
-        return _dull_colour(rng) + 0.08 * _smooth_noise(rng, (size, size, 3), rng.uniform(1.5, 4.0))
+        return colour() + 0.08 * _smooth_noise(rng, (size, size, 3), rng.uniform(1.5, 4.0))
     if name == "stripes":
-        c1, c2 = _dull_colour(rng), _dull_colour(rng)
+        c1, c2 = colour(), colour()
         a = rng.uniform(0, np.pi)
         t = 0.5 + 0.5 * np.sin(2 * np.pi * (xx * math.cos(a) + yy * math.sin(a)) / rng.uniform(10, 28))
         return c1 + (c2 - c1) * t[..., None]
     if name == "blobs":
-        img = np.broadcast_to(_dull_colour(rng), (size, size, 3)).copy()
+        img = np.broadcast_to(colour(), (size, size, 3)).copy()
         for _ in range(int(rng.integers(4, 8))):
             cy, cx = rng.uniform(0, size, 2)
             sig = rng.uniform(0.07, 0.22) * size
             g = np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * sig * sig))[..., None]
-            img = img * (1 - g) + _dull_colour(rng) * g
+            img = img * (1 - g) + colour() * g
         return img
     if name == "gradient":
-        c1, c2 = _dull_colour(rng), _dull_colour(rng)
+        c1, c2 = colour(), colour()
         a = rng.uniform(0, 2 * np.pi)
         t = (xx - size / 2) * math.cos(a) + (yy - size / 2) * math.sin(a)
         t = (t - t.min()) / (t.max() - t.min() + 1e-8)
@@ -235,11 +267,10 @@ def _background(rng: np.random.Generator, name: str, size: int) -> np.ndarray:
     raise ValueError(f"unknown background texture {name!r}")
 
 
-def _body_colour(rng: np.random.Generator, cls: int, num_classes: int) -> np.ndarray:
-    """Class mean hue with jitter of +-0.8 hue spacings, so neighbouring classes overlap."""
-    spacing = 1.0 / num_classes
-    hue = (cls - 1) * spacing + rng.uniform(-0.8, 0.8) * spacing
-    return _hsv(hue, rng.uniform(0.45, 0.85), rng.uniform(0.5, 0.9))
+def _body_grating(cls: int, num_classes: int, yy: np.ndarray, xx: np.ndarray, phase: float) -> np.ndarray:
+    """(H, W) in [-1, 1]: the class's faint body texture, a grating at a class-specific orientation."""
+    a = math.pi * (cls - 1) / num_classes
+    return np.sin(2 * np.pi * (xx * math.cos(a) + yy * math.sin(a)) / 7.0 + phase)
 
 
 def _part_pattern(cls: int, yy: np.ndarray, xx: np.ndarray, half_period: int, phase: int) -> np.ndarray:
@@ -255,12 +286,23 @@ def _part_pattern(cls: int, yy: np.ndarray, xx: np.ndarray, half_period: int, ph
     return ((yy + xx + phase) // half_period) % 2 == 0  # diagonal
 
 
-def _object_mask(rng: np.random.Generator, name: str, size: int, scale: float, grid) -> np.ndarray:
-    """(H, W) bool silhouette at a random position, rotation, size and mild aspect ratio."""
+@functools.cache
+def _unit_area(name: str) -> float:
+    """Area of a silhouette in its own frame (radius 1), measured on a fine grid."""
+    t = np.linspace(-1.5, 1.5, 601)
+    v, u = np.meshgrid(t, t, indexing="ij")
+    return float(_silhouette(name, u, v).mean() * 9.0)
+
+
+def _object_mask(rng: np.random.Generator, name: str, cfg: SyntheticConfig, scale: float, grid) -> np.ndarray:
+    """(H, W) bool silhouette at a random position, rotation and mild aspect ratio, sized so its
+    area-equivalent diameter is cfg.object_size x image side (+-15%) x `scale`."""
     yy, xx = grid
-    radius = size * rng.uniform(0.12, 0.24) * scale
-    ax, ay = radius * rng.uniform(0.85, 1.15), radius * rng.uniform(0.85, 1.15)
-    reach = max(ax, ay)
+    size = cfg.image_size
+    diameter = cfg.object_size * size * rng.uniform(0.85, 1.15) * scale
+    radius = 0.5 * diameter * math.sqrt(math.pi / _unit_area(name))
+    ax, ay = radius * rng.uniform(0.9, 1.1), radius * rng.uniform(0.9, 1.1)
+    reach = min(max(ax, ay), 0.5 * size)
     cx, cy = rng.uniform(reach, size - reach, 2)
     t = rng.uniform(0, 2 * np.pi)
     dx, dy = xx - cx, yy - cy
@@ -270,32 +312,35 @@ def _object_mask(rng: np.random.Generator, name: str, size: int, scale: float, g
 
 
 def _part_of(rng: np.random.Generator, obj: np.ndarray, fraction: float, grid) -> np.ndarray:
-    """The `fraction` x area object pixels nearest to a random interior seed: a disc clipped to the object."""
+    """The `fraction` x area object pixels nearest to a point at an extremity of the object: the object pixel
+    farthest along a random direction, moved one part radius back inside. A compact cap at the object's
+    edge, never its centre."""
     yy, xx = grid
     area = int(obj.sum())
     n = max(4, round(fraction * area))
-    (box,) = ndimage.find_objects(obj.astype(np.uint8))
-    dt = np.zeros(obj.shape)
-    # Distance to the nearest non-object pixel, on the object's box padded so its border counts as outside.
-    dt[box] = ndimage.distance_transform_edt(np.pad(obj[box], 1))[1:-1, 1:-1]
-    # Prefer seeds at least one part radius from the edge, so the part is a compact blob, not a sliver.
-    want = min(math.sqrt(n / math.pi), 0.7 * dt.max())
-    cand = np.flatnonzero(dt.ravel() >= want)
-    seed = cand[rng.integers(len(cand))]
-    sy, sx = divmod(int(seed), obj.shape[1])
     idx = np.flatnonzero(obj.ravel())
+    t = rng.uniform(0, 2 * np.pi)
+    along = yy.ravel()[idx] * math.sin(t) + xx.ravel()[idx] * math.cos(t)
+    tip = int(idx[np.argmax(along)])
+    back = 0.7 * math.sqrt(n / math.pi)
+    sy, sx = divmod(tip, obj.shape[1])
+    sy, sx = sy - back * math.sin(t), sx - back * math.cos(t)
     d2 = (yy.ravel()[idx] - sy) ** 2 + (xx.ravel()[idx] - sx) ** 2
     part = np.zeros(obj.size, dtype=bool)
     part[idx[np.argsort(d2, kind="stable")[:n]]] = True
     return part.reshape(obj.shape)
 
 
-def render_image(rng: np.random.Generator, cfg: SyntheticConfig, classes, background: str) -> Rendered:
+def render_image(
+    rng: np.random.Generator, cfg: SyntheticConfig, classes, background: str, *, hide_parts: bool = False
+) -> Rendered:
     """Render one image with objects of `classes` (1-based, drawn in order, later ones on top).
 
     Each object is placed so every earlier object keeps >= 60% of its area and >= 50% of its part visible;
     an object that cannot be placed in 40 tries (shrinking as it goes) is dropped, so `objects` lists what
-    was actually drawn. The first object is never dropped.
+    was actually drawn. The first object is never dropped. The body's colour is a PALETTE colour the
+    background does not use. `hide_parts`: each part is painted over with its object's body (the
+    `part_hidden` split; part_mask and part areas are then empty).
     """
     size = cfg.image_size
     names = class_names(cfg.num_classes)
@@ -303,13 +348,14 @@ def render_image(rng: np.random.Generator, cfg: SyntheticConfig, classes, backgr
     if bad:
         raise ValueError(f"classes: {bad} out of range; allowed [1, num_classes={cfg.num_classes}]")
     grid = np.mgrid[0:size, 0:size]
-    img = np.clip(_background(rng, background, size), 0.0, 1.0)
+    img, bg_colours = _background(rng, background, size)
+    img = np.clip(img, 0.0, 1.0)
     instances = np.zeros((size, size), dtype=np.uint8)
     part_mask = np.zeros((size, size), dtype=bool)
     full_areas, part_areas, placed = [], [], []
     for cls in (int(c) for c in classes):
         for attempt in range(PLACEMENT_TRIES):  # shrink towards half size as tries fail
-            obj = _object_mask(rng, names[cls], size, 1.0 - 0.5 * attempt / PLACEMENT_TRIES, grid)
+            obj = _object_mask(rng, names[cls], cfg, 1.0 - 0.5 * attempt / PLACEMENT_TRIES, grid)
             if obj.sum() < 16:
                 continue
             inst = np.where(obj, len(placed) + 1, instances)
@@ -324,13 +370,17 @@ def render_image(rng: np.random.Generator, cfg: SyntheticConfig, classes, backgr
         else:
             continue  # dropped: no placement keeps the earlier objects visible
         part = _part_of(rng, obj, cfg.part_fraction, grid)
-        # Body: jittered class colour with low-contrast texture; part: class-unique high-contrast pattern.
-        body = _body_colour(rng, cls, cfg.num_classes)
-        texture = 0.05 * _smooth_noise(rng, (size, size), 1.5)[..., None]
-        img[obj] = np.clip(body + texture[obj] * (0.5 + body), 0.0, 1.0)
+        # Body: a palette colour (not the background's) with a faint class grating and a little noise;
+        # part: class-unique high-contrast pattern.
+        body = _palette_colour(rng, [], avoid=bg_colours)
+        grating = _body_grating(cls, cfg.num_classes, grid[0], grid[1], rng.uniform(0, 2 * np.pi))
+        texture = (0.06 * grating + 0.03 * _smooth_noise(rng, (size, size), 1.5))[..., None]
+        img[obj] = np.clip(body + texture[obj], 0.0, 1.0)
         half_period = max(2, round(size / 56))
         on = _part_pattern(cls, grid[0], grid[1], half_period, int(rng.integers(2 * half_period)))
         c_on, c_off = (np.array(c) / 255.0 for c in PART_COLOURS[cls - 1])
+        if hide_parts:
+            part = np.zeros_like(part)
         img[part] = np.where(on[part][:, None], c_on, c_off)
         instances, part_mask = inst, parts | part
         full_areas.append(int(obj.sum()))
@@ -359,7 +409,9 @@ def _plan(split: str, rng: np.random.Generator, cfg: SyntheticConfig, n: int):
     others = np.array([c for c in range(1, cfg.num_classes + 1) if c != cfg.bias_class])
     classes, textures = [], []
     for r in image_rngs:
-        if split == "bias_context_only":  # water, no bias class, possibly no object at all
+        if split == "part_hidden":  # like val, every part hidden; no water
+            classes.append(r.integers(1, cfg.num_classes + 1, size=int(r.integers(1, cfg.max_objects + 1))))
+        elif split == "bias_context_only":  # water, no bias class, possibly no object at all
             classes.append(r.choice(others, size=int(r.integers(0, cfg.max_objects + 1))))
         elif split == "bias_object_only":  # bias class first (never dropped), on a non-water texture
             extra = r.integers(1, cfg.num_classes + 1, size=int(r.integers(0, cfg.max_objects)))
@@ -399,6 +451,7 @@ def _build(root: Path, cfg: SyntheticConfig, progress: bool) -> dict:
         "val": cfg.n_val,
         "bias_object_only": cfg.n_bias_eval,
         "bias_context_only": cfg.n_bias_eval,
+        "part_hidden": cfg.n_bias_eval,
     }
     # Independent streams: a split's images do not change when another split's size changes, and the
     # pixel-labelled permutation depends only on (seed, n_train), so smaller train_pixel sets are prefixes
@@ -414,17 +467,20 @@ def _build(root: Path, cfg: SyntheticConfig, progress: bool) -> dict:
     ):
         (root / sub).mkdir(parents=True, exist_ok=True)
 
-    ids, backgrounds, labels = {}, {}, {}
+    ids, backgrounds, labels, diameters, part_shares = {}, {}, {}, [], []
     with tqdm(total=sum(counts.values()), desc="synthetic", unit="img", disable=not progress) as bar:
         for split in SPLITS:
             ids[split], labels[split] = [], []
             for i, (rng, classes, texture) in enumerate(_plan(split, split_rngs[split], cfg, counts[split])):
                 image_id = f"{ID_PREFIX[split]}_{i + 1:05d}"
-                r = render_image(rng, cfg, classes, texture)
+                r = render_image(rng, cfg, classes, texture, hide_parts=split == "part_hidden")
                 _write_image(root, image_id, r, palette)
                 ids[split].append(image_id)
                 backgrounds[image_id] = texture
                 labels[split].append([o.cls for o in r.objects])
+                if split in ("train", "val"):
+                    diameters += [2.0 * math.sqrt(o.area / math.pi) for o in r.objects]
+                    part_shares += [o.part_area / o.area for o in r.objects]
                 bar.update(1)
 
     pixel = [ids["train"][i] for i in pixel_rng.permutation(cfg.n_train)[: cfg.pixel_labelled]]
@@ -452,6 +508,9 @@ def _build(root: Path, cfg: SyntheticConfig, progress: bool) -> dict:
         "context_rate_train": water_rate("train", False),
         "objects_per_image": {s: float(np.mean([len(c) for c in labels[s]])) for s in SPLITS},
         "pixel_labelled": len(pixel),
+        # Visible pixels of train/val objects: area-equivalent diameter (median, px) and part share (median).
+        "object_diameter_px": float(np.median(diameters)),
+        "part_share": float(np.median(part_shares)),
         "backgrounds_train": {t: sum(backgrounds[i] == t for i in ids["train"]) for t in (WATER,) + TEXTURES},
     }
     write_json(root / "synthetic.json", {"config": dataclasses.asdict(cfg), "stats": stats})

@@ -14,7 +14,10 @@ from gain.data.transforms import eval_preset
 from gain.evaluation.figures import bar_figure, colorize, grid_figure, heatmap_figure, overlay, save_figure
 from gain.runtime.engine import Runtime, collate
 from gain.runtime.io import atomic_path, write_json, write_text
-from gain.sec.evaluate import SegmentationScores
+from gain.runtime.params import RuntimeParams, SeedsParams
+from gain.sec.crf import CRFPool
+from gain.sec.evaluate import SegmentationScores, evaluate_attention_crf
+from gain.seeds.extract import image_attention
 
 # PASCAL VOC 2012 val mIoU (%) from the GAIN paper (Li et al. 2018, Tables 1-2), with and without SEC's
 # CRF post-processing, keyed by the method whose seeds SEC trained on. SEC's own row uses CAM cues, which a
@@ -69,6 +72,11 @@ def render(
             f"| {'**' + name + '** (this run)' if ours else name} | {_pct(metrics['sec_miou']) if ours else ''} | "
             f"{_pct(metrics.get('sec_crf_miou')) if ours else ''} | {paper['no_crf']} | {paper['crf']} | "
             f"{paper['paper_row']} |"
+        )
+    if "attention_crf_miou" in metrics:
+        lines.append(
+            f"| reference: the test-time CRF on the seeds' dense attention alone (image labels given) | | "
+            f"{_pct(metrics['attention_crf_miou'])} | | | |"
         )
     comparable = (
         "this run is on VOC too."
@@ -157,6 +165,26 @@ def provenance_lines(prov: dict) -> list[str]:
     return [*lines, ""]
 
 
+def attention_crf_reference(
+    classifier,
+    dataset: VOCDataset,
+    p: SeedsParams,
+    rt: Runtime,
+    *,
+    crf_scale: float | str,
+    knobs: RuntimeParams,
+) -> dict:
+    """{"attention_crf_miou"}: SEC's test-time CRF on the seeds' dense attention (the seeds stage's attention
+    of each image's ground-truth classes, background at the cue threshold) over `dataset` (keep_original),
+    a reference row for SEC + CRF: what the CRF makes of the attention without SEC."""
+    attention = image_attention(classifier, dataset, rt, batch_size=knobs.seeds_batch_size, flip=p.flip)
+    with CRFPool(knobs.crf_workers) as pool:
+        miou = evaluate_attention_crf(
+            attention, dataset.index.num_classes, pool, fg_fraction=p.fg_fraction, crf_scale=crf_scale
+        )
+    return {"attention_crf_miou": miou}
+
+
 def qualitative_figure(
     scores: SegmentationScores, classifier, index: DatasetIndex, rt: Runtime, *, input_size: int
 ):
@@ -198,9 +226,10 @@ def write_evaluation(
     seeds: dict,
     qualitative,
     provenance: dict,
+    reference: dict | None = None,
 ) -> dict:
-    """Write metrics.json, per_class_iou.csv, confusion.csv, the figures and report.md under `out`.
-    -> the metrics dict."""
+    """Write metrics.json, per_class_iou.csv, confusion.csv, the figures and report.md under `out`;
+    `reference` adds reference metrics (attention_crf_miou). -> the metrics dict."""
     plain = scores.plain.compute(index.classes)
     metrics = {
         "sec_miou": plain["miou"],
@@ -212,6 +241,7 @@ def write_evaluation(
     if scores.crf is not None:
         crf = scores.crf.compute(index.classes)
         metrics |= {"sec_crf_miou": crf["miou"], "sec_crf_pixel_accuracy": crf["pixel_accuracy"]}
+    metrics |= reference or {}
     write_json(out / "metrics.json", metrics)
     table = scores.plain.per_class_table(index.classes)
     with atomic_path(out / "per_class_iou.csv") as tmp:

@@ -1,37 +1,15 @@
-"""Why GAIN does (not) move its attention: erased-image scores, part/body coverage, the attention ceiling."""
+"""Why GAIN does (not) move its attention: erased-image scores, how much of each region I* erases, the
+attention ceiling (part/body coverage is gain.cam.evaluate.AttentionCoverage, scored every epoch)."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import numpy as np
 import torch
 from torch.nn import functional as F
 
-from gain.cam.attention import FG_FRACTION, attention_maps
-from gain.cam.evaluate import AttentionIoU
+from gain.cam.attention import attention_maps
+from gain.cam.evaluate import AttentionIoU, part_masks
 from gain.data.dataset import VOCDataset
 from gain.runtime.engine import Runtime, eval_loader
-from gain.runtime.io import read_label_png
-
-PART_FOLDER = (
-    "SegmentationPart"  # the synthetic generator's discriminative-part labels (class id on part pixels)
-)
-
-
-def part_masks(dataset: VOCDataset, ids: list[str], size: tuple[int, int]) -> torch.Tensor:
-    """(B, H, W) long: each image's part labels (class id on discriminative-part pixels, else 0), resized
-    (nearest) to `size`; all zero for an image the generator wrote no part file for."""
-    out = []
-    for image_id in ids:
-        path = Path(dataset.index.root) / PART_FOLDER / f"{image_id}.png"
-        if path.is_file():
-            m = torch.from_numpy(read_label_png(path).astype(np.int64))
-            m = F.interpolate(m[None, None].float(), size=size, mode="nearest")[0, 0].long()
-        else:
-            m = torch.zeros(size, dtype=torch.long)
-        out.append(m)
-    return torch.stack(out)
 
 
 def rolled(t: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
@@ -55,15 +33,13 @@ def attention_diagnostics(
     s_clean, s_masked, s_random: mean sigmoid score of each present class on I, on I* (its own attention
     erased, T = sigmoid(omega (A - sigma)), Eq. 3-4) and on I with the same mask rolled elsewhere (equal
     area, random place); the classifier in eval mode (running BN statistics).
-    part_cov, body_cov: share of the class's discriminative-part / body (object minus part) pixels inside the
-    binarised attention (> FG_FRACTION of the map's max); spill: share of binarised attention outside the
-    class's object. erase_part, erase_body, erase_bg: mean T on those pixels (how much I* really erases).
+    erase_part, erase_body, erase_bg: mean T on the class's discriminative part, its body (object minus part)
+    and labelled pixels off the object (how much I* really erases).
     """
     clf = gain.classifier
     clf.eval()
     gen = torch.Generator().manual_seed(seed)
     sums = dict.fromkeys(("s_clean", "s_masked", "s_random", "erase_part", "erase_body", "erase_bg"), 0.0)
-    counts = dict.fromkeys(("part", "body", "part_hit", "body_hit", "att", "att_out"), 0.0)
     n_pairs = 0
     ebody = epart = ebg = 0.0
     for batch in eval_loader(dataset, batch_size):
@@ -92,13 +68,6 @@ def attention_diagnostics(
         part = (parts == cls) & obj
         body = obj & ~part
         bg = (masks != 255) & ~obj
-        binar = attn > FG_FRACTION * attn.flatten(1).max(dim=1).values[:, None, None]
-        counts["part"] += float(part.sum())
-        counts["body"] += float(body.sum())
-        counts["part_hit"] += float((binar & part).sum())
-        counts["body_hit"] += float((binar & body).sum())
-        counts["att"] += float(binar.sum())
-        counts["att_out"] += float((binar & ~obj).sum())
         tt = t[:, 0]
         sums["erase_part"] += float(tt[part].sum())
         sums["erase_body"] += float(tt[body].sum())
@@ -114,9 +83,6 @@ def attention_diagnostics(
         "s_clean": ratio(sums["s_clean"], n_pairs),
         "s_masked": ratio(sums["s_masked"], n_pairs),
         "s_random": ratio(sums["s_random"], n_pairs),
-        "part_cov": ratio(counts["part_hit"], counts["part"]),
-        "body_cov": ratio(counts["body_hit"], counts["body"]),
-        "spill": ratio(counts["att_out"], counts["att"]),
         "erase_part": ratio(sums["erase_part"], epart),
         "erase_body": ratio(sums["erase_body"], ebody),
         "erase_bg": ratio(sums["erase_bg"], ebg),

@@ -17,13 +17,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from gain.cam.evaluate import bias_accuracy
+from gain.cam.evaluate import bias_accuracy, part_hidden_recall
 from gain.cam.model import load_classifier
 from gain.cam.train import train_gain
 from gain.data.dataset import DatasetIndex, VOCDataset
 from gain.data.heldout import carve_heldout
 from gain.data.prepare import prepare_dataset
 from gain.data.transforms import eval_preset
+from gain.evaluation.report import attention_crf_reference
 from gain.runtime.engine import CPU, code_fingerprint, save_model, seed_everything
 from gain.runtime.io import write_json
 from gain.runtime.params import Params, params_hash, parse_params
@@ -47,8 +48,11 @@ ABLATIONS: dict[str, list[str]] = {
     "seed_expand_constrain": ["seed", "expand", "constrain"],
 }
 FULL_SEC = "seed_expand_constrain"  # the GAIN method's own SEC run
+COVERAGE = ("part_coverage", "body_coverage", "body_coverage_at_half", "spill")
 METRICS = (
     "attention_miou",
+    *COVERAGE,
+    "attention_crf_miou",
     "map",
     "seed_precision",
     "seed_recall",
@@ -58,6 +62,7 @@ METRICS = (
     "sec_crf_miou",
     "bias_object_only_accuracy",
     "bias_context_only_accuracy",
+    "part_hidden_recall",
 )
 DIAG_PREFIX = "diag_"
 # The code a run's result depends on (its cache key); the study's own report code is left out.
@@ -191,9 +196,12 @@ def score_seeds(classifier, dataset: VOCDataset, params: Params) -> dict:
     }
 
 
-def run_gain_stages(params: Params, index: DatasetIndex, run_dir: Path, *, diagnose: bool) -> dict:
-    """GAIN training and its scores on index's val role: mAP and attention mIoU of the last epoch, Table 4's
-    bias accuracies, and (diagnose) per-epoch diagnostics in `history`; the model is run_dir/gain.pt."""
+def run_gain_stages(
+    params: Params, index: DatasetIndex, run_dir: Path, *, diagnose: bool, heldout: bool = False
+) -> dict:
+    """GAIN training and its scores on index's val role: mAP, attention mIoU and coverage of the last epoch,
+    Table 4's bias accuracies and the part_hidden recall (not for a `heldout` run, which must score no
+    reported split), and (diagnose) per-epoch diagnostics in `history`; the model is run_dir/gain.pt."""
     knobs, p = params.runtime, params.gain
     extra: Callable | None = None
     diag_set = VOCDataset(index, index.splits["val"], eval_preset(p.input_size))
@@ -217,15 +225,17 @@ def run_gain_stages(params: Params, index: DatasetIndex, run_dir: Path, *, diagn
     out = {
         "attention_miou": result.chosen["attn_miou"],
         "map": result.chosen["map"],
-        **{k: v for k, v in result.chosen.items() if k.startswith(DIAG_PREFIX)},
+        **{k: v for k, v in result.chosen.items() if k.startswith(DIAG_PREFIX) or k in COVERAGE},
     }
-    if index.bias_class is not None:
+    if index.bias_class is not None and not heldout:  # the Table 4 and part_hidden splits are reported ones
         out |= bias_accuracy(model.classifier, index, index.bias_class, CPU, input_size=p.input_size)
+    if not heldout:
+        out |= part_hidden_recall(model.classifier, index, CPU, input_size=p.input_size)
     if diagnose:
         with torch.no_grad():
             grid = tuple(model.classifier.features(diag_set[0]["image"][None]).shape[-2:])
         out["attention_ceiling"] = attention_ceiling(diag_set, grid)
-    keep = ("epoch", "attn_miou", "map")
+    keep = ("epoch", "attn_miou", "map", *COVERAGE)
     out["history"] = [
         {k: v for k, v in h.items() if k in keep or k.startswith(DIAG_PREFIX)} for h in result.history
     ]
@@ -246,7 +256,11 @@ def run_seed_stage(params: Params, index: DatasetIndex, run_dir: Path) -> dict:
         n_vis=0,
     )
     val = VOCDataset(index, index.splits["val"], eval_preset(gain_p["input_size"]), keep_original=True)
-    return score_seeds(classifier, val, params)
+    out = score_seeds(classifier, val, params)
+    out |= attention_crf_reference(
+        classifier, val, params.seeds, CPU, crf_scale=params.evaluate.crf_scale, knobs=params.runtime
+    )
+    return out
 
 
 def run_sec_stage(params: Params, index: DatasetIndex, run_dir: Path, source: Path) -> dict:
@@ -265,7 +279,7 @@ def run_sec_stage(params: Params, index: DatasetIndex, run_dir: Path, source: Pa
     )
     val = VOCDataset(index, index.splits["val"], eval_preset(params.sec.input_size), keep_original=True)
     with CRFPool(params.runtime.crf_workers) as pool:
-        s = evaluate_segmenter(model, val, CPU, crf_pool=pool).summary()
+        s = evaluate_segmenter(model, val, CPU, crf_pool=pool, crf_scale=params.evaluate.crf_scale).summary()
     return {"sec_miou": s["miou"], "sec_crf_miou": s["crf_miou"]}
 
 
@@ -286,7 +300,7 @@ def run_job(job: Job) -> dict:
     # Each stage seeds itself, as `dvc repro` runs them (training_stage).
     if "gain" in job.stages:
         seed_everything(params.seed, params.deterministic)
-        out |= run_gain_stages(params, index, run_dir, diagnose=job.diagnose)
+        out |= run_gain_stages(params, index, run_dir, diagnose=job.diagnose, heldout=bool(job.holdout))
     if "seeds" in job.stages:
         seed_everything(params.seed, params.deterministic)
         out |= run_seed_stage(params, index, run_dir)
@@ -349,12 +363,13 @@ def run_jobs(
 
 
 def aggregate(values: list[float]) -> dict:
-    """{"mean", "std" (population), "values"} of finite floats (None, NaN and inf are errors: the summary is
-    strict JSON)."""
+    """{"n", "mean", "std" (sample std, ddof = 1; 0 for n = 1), "values"} of finite floats (None, NaN and inf
+    are errors: the summary is strict JSON)."""
     vals = [float(v) for v in values]
     if not vals or not all(np.isfinite(vals)):
         raise ValueError(f"cannot aggregate {values}")
-    return {"mean": float(np.mean(vals)), "std": float(np.std(vals)), "values": vals}
+    std = float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0
+    return {"n": len(vals), "mean": float(np.mean(vals)), "std": std, "values": vals}
 
 
 def summarise(results: list[dict], seeds: list[int], metrics: tuple[str, ...] = METRICS) -> dict:
