@@ -36,7 +36,7 @@ TINY = SyntheticConfig(
     pixel_labelled=5,
     seed=3,
 )
-SPLITS = ("train", "val", "train_pixel", "bias_object_only", "bias_context_only")
+SPLITS = ("train", "val", "train_pixel", "bias_object_only", "bias_context_only", "part_hidden")
 
 
 def snapshot(root: Path) -> dict[str, bytes]:
@@ -168,6 +168,56 @@ def test_discriminative_part_is_a_minority_of_each_object():
         # The top object is never occluded, so its part is exactly part_fraction of its area.
         top = r.objects[-1]
         assert top.part_area / top.area == pytest.approx(cfg.part_fraction, abs=0.01)
+
+
+def test_default_objects_are_large_against_the_attention_grid_and_parts_sit_at_an_extremity():
+    """Default set at 112 px, 8 px attention cells: area-equivalent diameter >= ~6 cells (median), the part
+    about 8% of the object and its centroid far from the object's centre (a cap at the edge)."""
+    cfg = SyntheticConfig()
+    rng = np.random.default_rng(1)
+    diameters, offsets, shares = [], [], []
+    for _ in range(30):
+        r = render_image(rng, cfg, rng.integers(1, cfg.num_classes + 1, size=1), "noise")
+        (obj,) = r.objects
+        vis = r.instances == 1
+        diameters.append(2 * np.sqrt(obj.area / np.pi))
+        shares.append(obj.part_area / obj.area)
+        oy, ox = np.argwhere(vis).mean(axis=0)
+        py, px = np.argwhere(r.part_mask).mean(axis=0)
+        # Part centroid distance from the object centroid, in units of the object's equivalent radius.
+        offsets.append(np.hypot(py - oy, px - ox) / (diameters[-1] / 2))
+    assert np.median(diameters) / 8 >= 6.0
+    assert np.median(shares) == pytest.approx(cfg.part_fraction, abs=0.005) and max(shares) <= 0.1
+    assert min(offsets) > 0.4 and np.median(offsets) > 0.6  # a centred part would be near 0
+
+
+def test_body_colours_come_from_the_shared_palette_and_differ_from_the_background():
+    cfg = SyntheticConfig()
+    rng = np.random.default_rng(2)
+    for _ in range(10):
+        r = render_image(rng, cfg, [1, 2], "noise")
+        for k in range(1, len(r.objects) + 1):
+            body = (r.instances == k) & ~r.part_mask
+            mean = r.image[body].mean(axis=0) / 255.0
+            nearest = min(np.abs(mean - c).max() for c in synthetic.PALETTE)
+            assert nearest < 0.08  # a palette colour (jitter 0.04, faint grating and noise around it)
+
+
+def test_part_hidden_split_draws_objects_without_their_parts(tiny):
+    root, stats = tiny
+    ids = read_split(root, "part_hidden")
+    assert len(ids) == TINY.n_bias_eval == stats["images"]["part_hidden"]
+    for image_id in ids:
+        assert mask_labels(root, image_id)  # every image has an object ...
+        assert not read_label_png(root / "SegmentationPart" / f"{image_id}.png").any()  # ... with no part
+    assert synthetic_dataset_index(root).splits["part_hidden"] == ids
+    cfg = SyntheticConfig()
+    seen = render_image(np.random.default_rng(5), cfg, [3], "noise")
+    hidden = render_image(np.random.default_rng(5), cfg, [3], "noise", hide_parts=True)
+    np.testing.assert_array_equal(seen.mask, hidden.mask)  # the same object, the same place ...
+    assert seen.part_mask.any() and not hidden.part_mask.any()  # ... its part painted over by the body
+    changed = (seen.image != hidden.image).any(axis=2)
+    assert changed[seen.part_mask].mean() > 0.9 and not changed[~seen.part_mask].any()
 
 
 @pytest.mark.parametrize(
