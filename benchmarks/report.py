@@ -213,8 +213,8 @@ def render_paper(res: dict) -> list[str]:
                   "costs (decoding, CRFs, seed post-processing) measured on this CPU; GAIN at batch 1 is latency-bound "
                   "and not estimated:", ""]  # fmt: skip
         lines += table(["stage", "estimated hours"], [[k, fmt_hours(v)] for k, v in est["stage_hours"].items()] + [["**total**", fmt_hours(est["total_hours"])]])  # fmt: skip
-        by = est["sec_hours_by_crf"]
-        lines += ["", f"SEC's training CRF in this estimate: exact on the GPU (`sec.train_crf: auto` on CUDA), "
+        by = est.get("sec_hours_by_crf")  # absent from runs before the exact CRF
+        lines += [] if by is None else ["", f"SEC's training CRF in this estimate: exact on the GPU (`sec.train_crf: auto` on CUDA), "
                   f"{1e3 * est['sec_crf_exact_gpu_s']:.1f} ms per step of 15 from its counted FLOPs at an assumed "
                   f"{a['fp32_tflops']:g} TFLOP/s in float32, beside {1e3 * est['sec_step_gpu_s']:.1f} ms of network: "
                   f"SEC {fmt_hours(by['exact'])} h; with the lattice in {a['host_cores'] - 1} CPU processes instead, "

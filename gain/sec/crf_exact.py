@@ -19,7 +19,9 @@ from gain.sec.crf import CRFParams, CRFPool, _check_scale
 
 TRAIN_CRF = ("auto", "lattice", "exact")
 SEC_CRF = CRFParams()  # SEC's released settings
-MAX_KERNEL_BYTES = 2**28  # bilateral kernels held at once (float32): batch 15 at 41 x 41 takes 170 MB
+# Bilateral kernels held at once (float32): batch 15 at 41 x 41 is 170 MB, one chunk; building them needs a
+# second buffer of the same size, so the CRF's peak is about 2 x this bound plus two (N, N) Gaussian matrices.
+MAX_KERNEL_BYTES = 2**28
 
 
 def train_crf_backend(setting: str, device: torch.device) -> str:
