@@ -68,8 +68,9 @@ def bilateral_kernels(rgb: Tensor, d_pos: Tensor, *, sxy: float, srgb: float) ->
 
 
 def _meanfield(log_probs: Tensor, kernels: list[tuple[float, Tensor]], iterations: int) -> Tensor:
-    """Q (B, C, N): Q0 = softmax(log_probs), then Q <- softmax(log_probs + sum_m w_m (D^-1/2 K_m D^-1/2 Q^T)^T)
-    with D = diag(row sums of K_m); each K_m (N, N) or (B, N, N) and symmetric."""
+    """Q (B, C, N): Q0 = softmax(log_probs), then
+    Q <- softmax(log_probs + sum_m w_m (D^-1/2 K_m D^-1/2 Q^T)^T), D = diag(row sums of K_m);
+    each K_m (N, N) or (B, N, N) and symmetric."""
     norms = [(wt, k, k.sum(-1).rsqrt().unsqueeze(-2)) for wt, k in kernels]  # d: (1, N) or (B, 1, N)
     q = torch.softmax(log_probs, dim=1)
     for _ in range(iterations):

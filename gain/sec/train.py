@@ -25,8 +25,9 @@ from gain.sec.model import LargeFOV, build_sec
 def cell_pixels(
     n_in: int, n_out: int, *, align_corners: bool, device: torch.device | None = None
 ) -> torch.Tensor:
-    """(n_out,) long on `device`: the input pixel under each output cell's centre, corner-aligned (i (n_in - 1) /
-    (n_out - 1)) or half-pixel ((i + 0.5) n_in / n_out - 0.5), rounded to the nearest pixel."""
+    """(n_out,) long on `device`: the input pixel under each output cell's centre, corner-aligned
+    (i (n_in - 1) / (n_out - 1)) or half-pixel ((i + 0.5) n_in / n_out - 0.5), rounded to the nearest
+    pixel."""
     i = torch.arange(n_out, dtype=torch.float64, device=device)
     if align_corners:
         pos = i * (n_in - 1) / max(n_out - 1, 1)
