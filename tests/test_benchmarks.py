@@ -5,6 +5,7 @@ without CUDA, and the DataLoader sizing the paper-scale run relies on."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.paper import exact_crf_gflops
+from benchmarks.paper import Setup, exact_crf_gflops, project
 from gain.runtime.engine import AUTO_WORKERS, MAX_AUTO_WORKERS, loader_workers
 
 REPO = Path(__file__).resolve().parents[1]
@@ -122,6 +123,12 @@ def test_paper_scale_projects_every_stage(quick_runs):
         "exact" in res["paper_scale_measured"]["sec_crf_s"]
         and "exact" in res["paper_scale_measured"]["crf41_per_s"]
     )
+    # On CUDA `auto` projects SEC with the exact CRF: the same projection, CRF time from the exact CRF's rate.
+    setup, m = res["paper_scale_setup"], res["paper_scale_measured"]
+    s = Setup(**{f.name: setup[f.name] for f in dataclasses.fields(Setup)})
+    exact = project(m, s, setup["flops"], setup["crf_processes"], "exact")["voc_step_split_s"]["sec_batch_15"]
+    assert exact["crf"] == pytest.approx(15 / m["crf41_per_s"]["exact"])
+    assert exact["crf"] > res["voc_step_split_s"]["sec_batch_15"]["crf"]  # on the CPU the lattice is faster
     assert set(res["voc_multi_gpu_hours"]) == {"1", "2", "4", "8"}
     assert all(positive(v) for v in res["voc_multi_gpu_hours"].values())
     m = res["paper_scale_measured"]
