@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The GPU check, in under 5 minutes: VOC at the papers' scale measured on this GPU (`--paper-scale`: GAIN,
-# seeds, SEC with its CRF pool, evaluation, decoding; the projected full run; GPU utilisation per part), then
-# the default benchmarks on CUDA (--quick; the pipeline is not timed), with nvidia-smi sampling utilisation and
+# seeds, SEC with the lattice CRF pool and with the exact CRF on the GPU, the 41 x 41 x 21 CRFs of both,
+# evaluation, decoding; the projected full run with `sec.train_crf: auto`'s choice on CUDA, the exact CRF;
+# GPU utilisation per part), then the default benchmarks on CUDA (--quick: SEC step and CRFs per second of
+# each backend at 14 x 14 and 41 x 41; the pipeline is not timed), with nvidia-smi sampling utilisation and
 # memory every 0.5 s throughout. bf16 autocast and channels_last as gain.runtime.engine.setup_runtime sets
 # them up for CUDA; DataLoader workers as params.yaml's runtime.workers (-1: sized from the cores).
 #

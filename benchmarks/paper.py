@@ -34,9 +34,11 @@ from gain.cam.train import gain_step_losses
 from gain.data.dataset import VOCDataset
 from gain.data.transforms import eval_preset, train_preset
 from gain.runtime.engine import collate, epoch_loader, loader_workers
-from gain.sec.crf import CRFPool
-from gain.sec.evaluate import TEST_CRF_SCALE, evaluate_segmenter
+from gain.sec.crf import CRFParams, CRFPool
+from gain.sec.crf_exact import ExactCRF, train_crf_backend
+from gain.sec.evaluate import evaluate_segmenter
 from gain.sec.model import LargeFOV
+from gain.sec.scale import inference_crf_scale, resolve, train_crf_scale
 from gain.sec.train import downscale_images
 from gain.seeds.extract import extract_seeds, image_attention
 
@@ -59,6 +61,7 @@ ASSUMED = {  # for `gpu_estimate` and the multi-GPU projection only: not measure
     "sustained_tflops": 400.0,  # ~40% of an H100 SXM's 989 dense bf16 TFLOP/s on VGG16-sized convolutions
     "host_cores": 16,  # CPU cores per GPU (DataLoader workers, CRF processes, the main process)
     "ddp_efficiency": 0.9,  # per-GPU throughput kept under torchrun (NVLink all-reduce of 15-20M params)
+    "fp32_tflops": 30.0,  # the exact CRF's float32 matrix products (no TF32): ~45% of an H100 SXM's 67
 }
 
 
@@ -124,6 +127,28 @@ class TimedPool:
         out = self.pool.map(images, probs, scale)
         self.seconds, self.calls = self.seconds + time.perf_counter() - start, self.calls + 1
         return out
+
+
+class TimedExact(ExactCRF):
+    """ExactCRF for sec_step_losses that adds up the (device-synchronised) wall time of its `run` calls."""
+
+    def __init__(self, device: torch.device):
+        super().__init__()
+        self.sync, self.seconds, self.calls = syncer(device), 0.0, 0
+
+    def run(self, images, log_probs, scale):
+        self.sync()
+        start = time.perf_counter()
+        out = super().run(images, log_probs, scale)
+        self.sync()
+        self.seconds, self.calls = self.seconds + time.perf_counter() - start, self.calls + 1
+        return out
+
+
+def exact_crf_gflops(batch: int, classes: int, cells: int, iterations: int = CRFParams().iterations) -> float:
+    """Counted GFLOPs of gain.sec.crf_exact on one batch: per iteration two (C, N) x (N, N) products per
+    image (2 C N^2 multiply-adds each), plus the bilateral kernels' colour products (2 x 3 N^2 per image)."""
+    return batch * (iterations * 2 * 2 * classes * cells**2 + 2 * 3 * cells**2) / 1e9
 
 
 def random_probs(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
@@ -207,11 +232,11 @@ def measure_sec(params, rt, s: Setup, index, processes: list[int]) -> tuple[dict
         mask_root=VOC_SAMPLE / "SegmentationClass",
     )
     batch = voc_batch(ds, s.sec_batch)
-    pools = {n: TimedPool(CRFPool(n)) for n in processes}
+    pools = {f"pool_{n}": TimedPool(CRFPool(n)) for n in processes} | {"exact": TimedExact(rt.device)}
     try:
-        fns = {f"pool_{n}": (lambda pool=pool: sec_step(t, pool, batch, p, rt)) for n, pool in pools.items()}
+        fns = {k: (lambda pool=pool: sec_step(t, pool, batch, p, rt)) for k, pool in pools.items()}
         for pool in pools.values():
-            start_workers(pool.pool)
+            start_workers(getattr(pool, "pool", None))
         warm(fns, s.warmup)
         for pool in pools.values():
             pool.seconds = pool.calls = 0
@@ -219,33 +244,34 @@ def measure_sec(params, rt, s: Setup, index, processes: list[int]) -> tuple[dict
             times = interleaved(fns, s.step_rounds, syncer(rt.device))
     finally:
         for pool in pools.values():
-            pool.pool.close()
+            getattr(pool, "pool", pool).__exit__()
     with torch.no_grad():
         out = t.model(rt.to_device(batch["image"][:1]))
     step = median_s(times)
     return {
         "sec_step_s": step,
-        "sec_crf_s": {f"pool_{n}": pool.seconds / pool.calls for n, pool in pools.items()},
+        "sec_crf_s": {k: pool.seconds / pool.calls for k, pool in pools.items()},
         "sec_output": list(out.shape[-2:]),
         "raw_sec_ms": raw_ms(times),
         "gpu": gpu.summary(),
     }, t.model
 
 
-def measure_crf(params, s: Setup, processes: list[int], index) -> dict:
-    """15 CRFs of 41 x 41 x 21 (SEC's training CRF, s = params' crf_scale) per pool size."""
+def measure_crf(params, s: Setup, processes: list[int], index, device: torch.device) -> dict:
+    """15 CRFs of 41 x 41 x 21 (SEC's training CRF, s = params' crf_scale) per pool size, and exact on
+    `device`."""
     ds = VOCDataset(index, index.splits["weak_train"], eval_preset(PAPER["input_size"]))
     images = downscale_images(voc_batch(ds, PAPER["sec_batch"])["image"], (41, 41))
     rng = np.random.default_rng(params.seed)
     log_probs = np.log(np.stack([random_probs(rng, (PAPER["classes"], 41, 41)) for _ in images]))
     pools = {"inline": CRFPool(0), **{str(n): CRFPool(n) for n in processes}}
+    on_device = (torch.from_numpy(images).to(device), torch.from_numpy(log_probs).to(device))
+    scale = resolve(params.sec.crf_scale, train_crf_scale, (41, 41))
     try:
-        fns = {
-            k: (lambda pool=pool: pool.map(images, log_probs, params.sec.crf_scale))
-            for k, pool in pools.items()
-        }
+        fns = {k: (lambda pool=pool: pool.map(images, log_probs, scale)) for k, pool in pools.items()}
+        fns["exact"] = lambda: ExactCRF().run(*on_device, scale)
         warm(fns, 1)
-        times = interleaved(fns, max(2, s.step_rounds), lambda: None)
+        times = interleaved(fns, max(2, s.step_rounds), syncer(device))
     finally:
         for pool in pools.values():
             pool.close()
@@ -275,7 +301,7 @@ def measure_eval(model, params, rt, s: Setup, index, processes: int) -> dict:
 
         def crf_only():
             jobs = [
-                pool.submit(it["orig_image"][None], pr[None], TEST_CRF_SCALE)
+                pool.submit(it["orig_image"][None], pr[None], inference_crf_scale(it["orig_image"].shape[:2]))
                 for it, pr in zip(items, probs, strict=True)
             ]
             return [j.get() for j in jobs]
@@ -285,7 +311,9 @@ def measure_eval(model, params, rt, s: Setup, index, processes: int) -> dict:
             "inference_and_crf": lambda: evaluate_segmenter(model, ds, rt, crf_pool=pool),
             "crf_only": crf_only,
             "crf_one_inline": lambda: inline.map(
-                items[0]["orig_image"][None], probs[0][None], TEST_CRF_SCALE
+                items[0]["orig_image"][None],
+                probs[0][None],
+                inference_crf_scale(items[0]["orig_image"].shape[:2]),
             ),
         }
         start_workers(pool)
@@ -343,8 +371,10 @@ def loaded_step(compute: float, batch: int, rate: float, workers: int) -> float:
     return compute + batch / rate if workers == 0 else max(compute, batch / rate)
 
 
-def project(m: dict, s: Setup, flops: dict, crf_workers: int) -> dict:
-    """Hours per stage on this device from the measured rates and PAPER's counts, and each step's split."""
+def project(m: dict, s: Setup, flops: dict, crf_workers: int, sec_crf: str) -> dict:
+    """Hours per stage on this device from the measured rates and PAPER's counts, and each step's split;
+    SEC with the training CRF `sec.train_crf: auto` picks here (`sec_crf`: "exact" or "lattice", the
+    lattice in `crf_workers` processes)."""
     n, w = PAPER["train_images"], m["loader_workers"]
     rate = m["decode_images_per_s"]
     k_clf = flops["classifier_gflops_321"] / flops["classifier_gflops_measured"]
@@ -354,10 +384,10 @@ def project(m: dict, s: Setup, flops: dict, crf_workers: int) -> dict:
     bb = k_clf * g[f"batch{s.gain_batch}"] * BATCHED_GAIN / s.gain_batch
     seeds = m["seeds_s_per_image"]
     seed_img = seeds["extract"] + (k_clf - 1) * seeds["attention"]
-    pool = f"pool_{crf_workers}"
+    pool, rate_key = ("exact", "exact") if sec_crf == "exact" else (f"pool_{crf_workers}", str(crf_workers))
     fb = k_sec * (m["sec_step_s"][pool] - m["sec_crf_s"][pool]) * PAPER["sec_batch"] / s.sec_batch
     measured_crf = s.sec_batch == PAPER["sec_batch"] and m["sec_output"] == [41, 41]
-    crf = m["sec_crf_s"][pool] if measured_crf else PAPER["sec_batch"] / m["crf41_per_s"][str(crf_workers)]
+    crf = m["sec_crf_s"][pool] if measured_crf else PAPER["sec_batch"] / m["crf41_per_s"][rate_key]
     e = m["eval_s"]
     eval_img = (e["inference_and_crf"] + (k_sec - 1) * e["inference"]) / s.eval_images
 
@@ -422,18 +452,28 @@ def gpu_estimate(m: dict, flops: dict) -> dict:
     post = m["seeds_main_process_s_per_image"]
     images = PAPER["gain_epochs"] * n
     sec_gpu = PAPER["sec_batch"] * 3 * sec / tf  # backward ~ 2 forwards
-    sec_crf = crf41 * math.ceil(PAPER["sec_batch"] / min(PAPER["sec_batch"], cores))
-    sec_cpu = PAPER["sec_batch"] * (crf41 + dec_sec) / cores
+    # SEC's CRF: exact on the GPU (auto's choice on CUDA) from counted FLOPs, or the lattice in CPU processes
+    exact_gpu = exact_crf_gflops(PAPER["sec_batch"], PAPER["classes"], 41 * 41) / (
+        ASSUMED["fp32_tflops"] * 1e3
+    )
+    lattice_wait = crf41 * math.ceil(PAPER["sec_batch"] / min(PAPER["sec_batch"], cores))
+    sec_hours = {
+        "exact": max(sec_gpu + exact_gpu, PAPER["sec_batch"] * dec_sec / cores),
+        "lattice": max(sec_gpu + lattice_wait, PAPER["sec_batch"] * (crf41 + dec_sec) / cores),
+    }
+    sec_hours = {k: PAPER["sec_iterations"] * v / 3600 for k, v in sec_hours.items()}
     hours = {
         f"gain_batch_{BATCHED_GAIN}": max(images * 3 * clf * (1 + 1.5) / tf, images * dec / cores) / 3600,
         "seeds": max(n * 2 * clf / tf + n * post, n * dec / cores) / 3600,  # flip: two forwards
-        "sec": PAPER["sec_iterations"] * max(sec_gpu + sec_crf, sec_cpu) / 3600,
+        "sec": sec_hours["exact"],
         "evaluate": max(val * sec / tf, val * crf_full / cores) / 3600,
     }
     return {
         "stage_hours": hours,
         "total_hours": sum(hours.values()),
         "sec_step_gpu_s": sec_gpu,
+        "sec_crf_exact_gpu_s": exact_gpu,
+        "sec_hours_by_crf": sec_hours,
         "assumed": ASSUMED,
         "note": "an estimate from FLOPs and assumptions, not a measurement",
     }
@@ -455,7 +495,7 @@ def multi_gpu(stage_hours: dict) -> dict:
 def start_workers(pool: CRFPool) -> None:
     """Wait until every worker of a fresh pool has started (spawned workers import their modules first):
     sleeping tasks keep the early workers busy until each has taken one."""
-    if pool.processes:
+    if pool is not None and pool.processes:
         pool._pool.map(time.sleep, [0.5] * pool.processes, chunksize=1)
 
 
@@ -496,10 +536,11 @@ def paper_scale(params, rt, *, quick: bool) -> dict:
     segmenter = section(
         "sec", lambda: measure_sec(params, rt, s, index, sorted({params.runtime.crf_workers or 1, crf}))
     )
-    section("crf", lambda: (measure_crf(params, s, table, index),))
+    section("crf", lambda: (measure_crf(params, s, table, index, rt.device),))
     section("evaluate", lambda: (measure_eval(segmenter.eval(), params, rt, s, index, crf),))
     section("decode", lambda: (measure_decode(params, rt, s, index),))
-    proj = project(m, s, flops, crf)
+    sec_crf = train_crf_backend("auto", rt.device)
+    proj = project(m, s, flops, crf, sec_crf)
     est = gpu_estimate(m, flops)
     fb = proj["voc_step_split_s"]["sec_batch_15"]["forward_backward"] if cuda else est["sec_step_gpu_s"]
     return {
@@ -517,6 +558,7 @@ def paper_scale(params, rt, *, quick: bool) -> dict:
             "label_pattern": LABEL_PATTERN,
             "flops": flops,
             "crf_processes": crf,
+            "sec_train_crf": sec_crf,
             "crf_workers_configured": params.runtime.crf_workers,
             "loader_workers": m["loader_workers"],
             "deterministic": params.deterministic,

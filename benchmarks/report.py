@@ -15,6 +15,8 @@ FIGURES = [  # (key, unit, what)
     ("seed_images_per_s", "img/s", "seed extraction, all classes of a batch in one pass"),
     ("seed_batched_speedup", "x", "one pass per class / one pass per batch"),
     ("crf_pool_speedup", "x", "SEC step with the CRF inline / with the CRF pool"),
+    ("sec_exact_over_inline", "x", "SEC step with the exact CRF / with the lattice CRF inline"),
+    ("sec_exact_over_pool", "x", "SEC step with the exact CRF / with the lattice CRF pool"),
     ("eval_mpix_per_s", "Mpx/s", "ConfusionMatrix.update"),
     ("pipeline_wall_s", "s", "default `dvc repro` from a clean copy"),
     ("noop_repro_s", "s", "no-op `dvc repro` right after"),
@@ -94,12 +96,21 @@ def render_default(res: dict) -> list[str]:
         "",
         f"SEC step (batch {ss['batch_size']}, input {ss['input_size']}, CRF scale {ss['crf_scale']:g}): "
         + ", ".join(f"{k} {v:.1f} ms" for k, v in res["sec_step_ms"].items())
-        + f" (pool: {ss['crf_workers']} processes). CRF alone, 16 images of 41 x 41 x 21: "
-        + ", ".join(f"{k} {v:.1f}" for k, v in res["crf_pool_scaling"].items())
-        + " CRFs/s by processes.",
+        + f" (pool: {ss['crf_workers']} processes; exact: gain.sec.crf_exact on `{res['device']}`). The training "
+        "CRF alone, CRFs per second by backend (pydensecrf inline, in N processes, the exact CRF batched):",
+        "",
     ]
+    crf = res["crf_per_s"]
+    backends = list(next(iter(crf.values())))
+    lines += table(["grid x classes (images per call)", *backends],
+                   [[f"{c} ({res['crf_setup'][c]['images']})", *crf[c].values()] for c in crf])  # fmt: skip
     if res.get("pipeline_stage_s"):
-        lines += ["", f"Pipeline: {res['pipeline_wall_s']:.1f} s wall, {res['pipeline_cpu_s']:.1f} s CPU; load average "
+        kept = (
+            f" (measured on {res['pipeline_measured_on']}, not re-run)"
+            if res.get("pipeline_measured_on")
+            else ""
+        )
+        lines += ["", f"Pipeline{kept}: {res['pipeline_wall_s']:.1f} s wall, {res['pipeline_cpu_s']:.1f} s CPU; load average "
                   f"{res['pipeline_loadavg'][0]:.2f} -> {res['pipeline_loadavg'][1]:.2f}; by stage: "
                   + ", ".join(f"{k} {v:.1f} s" for k, v in res["pipeline_stage_s"].items())
                   + (f". The no-op repro re-ran {res['noop_reran_stages']}" if res.get("noop_reran_stages") else "") + "."]  # fmt: skip
@@ -183,10 +194,11 @@ def render_paper(res: dict) -> list[str]:
         f"{e['crf_one_inline']:.2f} s; overlap {m['eval_crf_overlap']:.2f} (1: the shorter part hides entirely "
         "behind the longer, 0: they run one after the other).",
         "",
-        f"CRF pool sizing: {crf['crf41_per_s_per_process']:.0f} CRFs/s of 41 x 41 per process, so SEC's 15 CRFs per "
+        f"Lattice CRF pool sizing: {crf['crf41_per_s_per_process']:.0f} CRFs/s of 41 x 41 per process, so SEC's 15 CRFs per "
         f"step fit in one {'measured' if res['gpu_measured'] else 'estimated (below)'} GPU forward-backward with "
         f"{crf['sec_processes_needed']} processes"
         + (" (more than 15: CRF-bound even with one CRF per process)" if crf["sec_crf_bound_even_at_15"] else "")
+        + "; the exact CRF (`sec.train_crf: exact`, auto's choice on CUDA) runs on the GPU and needs none"
         + f"; a full-resolution CRF takes {crf['crf_full_s_per_crf']:.2f} s, so evaluation keeps up with "
         f"inference with {crf['eval_processes_needed']} process(es).",
     ]  # fmt: skip
@@ -201,6 +213,12 @@ def render_paper(res: dict) -> list[str]:
                   "costs (decoding, CRFs, seed post-processing) measured on this CPU; GAIN at batch 1 is latency-bound "
                   "and not estimated:", ""]  # fmt: skip
         lines += table(["stage", "estimated hours"], [[k, fmt_hours(v)] for k, v in est["stage_hours"].items()] + [["**total**", fmt_hours(est["total_hours"])]])  # fmt: skip
+        by = est.get("sec_hours_by_crf")  # absent from runs before the exact CRF
+        lines += [] if by is None else ["", f"SEC's training CRF in this estimate: exact on the GPU (`sec.train_crf: auto` on CUDA), "
+                  f"{1e3 * est['sec_crf_exact_gpu_s']:.1f} ms per step of 15 from its counted FLOPs at an assumed "
+                  f"{a['fp32_tflops']:g} TFLOP/s in float32, beside {1e3 * est['sec_step_gpu_s']:.1f} ms of network: "
+                  f"SEC {fmt_hours(by['exact'])} h; with the lattice in {a['host_cores'] - 1} CPU processes instead, "
+                  f"{fmt_hours(by['lattice'])} h."]  # fmt: skip
     lines += [
         "",
         f"torchrun on N GPUs ({'measured' if res['gpu_measured'] else 'estimated'} hours above, GAIN at batch "

@@ -56,6 +56,22 @@ def write(out_dir: Path, res: dict, keep, render) -> str:
     return md
 
 
+PIPELINE_KEYS = ("pipeline_wall_s", "noop_repro_s", "pipeline_stage_s", "pipeline_cpu_s", "pipeline_loadavg",
+                 "noop_reran_stages")  # fmt: skip
+
+
+def kept_pipeline(out_dir: Path) -> dict:
+    """--skip-pipeline: the pipeline figures of the previous run in out_dir with the date they were measured
+    (`pipeline_measured_on`), or None where there are none."""
+    path = out_dir / "benchmarks.json"
+    old = json.loads(path.read_text()) if path.is_file() else {}
+    if old.get("pipeline_wall_s") is None:
+        return {k: None for k in PIPELINE_KEYS[:4]}
+    return {k: old.get(k) for k in PIPELINE_KEYS} | {
+        "pipeline_measured_on": old.get("pipeline_measured_on") or old["machine"]["date"]
+    }
+
+
 def main(argv: list[str] | None = None) -> dict | None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument(
@@ -65,7 +81,11 @@ def main(argv: list[str] | None = None) -> dict | None:
         "--paper-scale", action="store_true", help="VOC at the papers' scale and the projected run"
     )
     ap.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    ap.add_argument("--skip-pipeline", action="store_true", help="do not time `dvc repro` (figures null)")
+    ap.add_argument(
+        "--skip-pipeline",
+        action="store_true",
+        help="do not time `dvc repro` (keep the previous run's figures)",
+    )
     ap.add_argument("--profile", action="store_true", help="profile the training steps even if targets pass")
     ap.add_argument(
         "--threads",
@@ -119,12 +139,7 @@ def main(argv: list[str] | None = None) -> dict | None:
         ("evaluation", lambda: suite.bench_eval(params, reps)),
     ]  # fmt: skip
     if args.skip_pipeline:
-        res |= {
-            "pipeline_wall_s": None,
-            "noop_repro_s": None,
-            "pipeline_stage_s": None,
-            "pipeline_cpu_s": None,
-        }
+        res |= kept_pipeline(args.out_dir)
     else:
         sections.append(("pipeline", lambda: suite.bench_pipeline(device)))
     res["section_s"] = {}

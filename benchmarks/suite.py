@@ -39,6 +39,8 @@ from gain.evaluation.metrics import ConfusionMatrix
 from gain.runtime.engine import collate, seed_everything, setup_runtime
 from gain.runtime.params import load_params
 from gain.sec.crf import CRFPool
+from gain.sec.crf_exact import ExactCRF
+from gain.sec.scale import resolve, train_crf_scale
 from gain.sec.train import downscale_images
 
 # figure -> (comparison, bound, what the bound stands for)
@@ -291,50 +293,81 @@ def bench_seeds(params, rt, reps: Reps) -> dict:
     }
 
 
+# CRF throughput cases: (images per call, grid side, classes). The default grid (14 x 14, 6 classes +
+# background, params' SEC batch) and SEC's (41 x 41 x 21, batch 15).
+CRF_CASES = {"14x14x7": (None, 14, 7), "41x41x21": (15, 41, 21)}
+
+
+def crf_case(params, n: int, side: int, classes: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(n, side, side, 3) uint8 synthetic images at CRF resolution and (n, classes, side, side) float32
+    log-softmax of confident random logits."""
+    items = synthetic_items(
+        n, size=params.sec.input_size, num_fg=params.data.synthetic.num_classes, seed=seed
+    )
+    images = downscale_images(torch.stack([it["image"] for it in items]), (side, side))
+    logits = torch.from_numpy(3.0 * np.random.default_rng(seed).standard_normal((n, classes, side, side)))
+    return images, torch.log_softmax(logits, dim=1).float().numpy()
+
+
+def crf_backends() -> dict:
+    """name -> training CRF: pydensecrf inline, in pools of 1 .. cores processes, and the exact CRF."""
+    cores = os.cpu_count() or 1
+    return {"inline": CRFPool(0), **{str(n): CRFPool(n) for n in range(1, cores + 1)}, "exact": ExactCRF()}
+
+
 def bench_sec(params, rt, reps: Reps) -> dict:
-    """The SEC step with the CRF pool vs inline, and the pool's scaling on 41 x 41 x 21 CRFs."""
+    """The SEC step with the CRF pool, inline and exact; CRFs per second of every backend at the default
+    grid and at SEC's 41 x 41 x 21, all interleaved in one run."""
     p, num_fg = params.sec, params.data.synthetic.num_classes
     batch = collate(synthetic_items(p.batch_size, size=p.input_size, num_fg=num_fg, seed=params.seed))
     torch.manual_seed(params.seed)
     with CRFPool(params.runtime.crf_workers) as pool, CRFPool(0) as inline:
-        pools = {"pool": pool, "inline": inline}
-        trainees = {k: sec_trainee(p, num_fg + 1, rt) for k in pools}
-        fns = {k: (lambda k=k: sec_step(trainees[k], pools[k], batch, p, rt)) for k in pools}
+        crfs = {"pool": pool, "inline": inline, "exact": ExactCRF()}
+        trainees = {k: sec_trainee(p, num_fg + 1, rt) for k in crfs}
+        fns = {k: (lambda k=k: sec_step(trainees[k], crfs[k], batch, p, rt)) for k in crfs}
         warm(fns, reps.warmup)
         times = interleaved(fns, reps.sec_rounds, syncer(rt.device))
     res = {
         "crf_pool_speedup": paired_ratio(times, "inline", "pool"),
+        "sec_exact_over_inline": paired_ratio(times, "exact", "inline"),
+        "sec_exact_over_pool": paired_ratio(times, "exact", "pool"),
         "sec_step_ms": median_ms(times),
         "sec_setup": {
             "batch_size": p.batch_size,
             "input_size": p.input_size,
             "crf_workers": params.runtime.crf_workers,
-            "crf_scale": p.crf_scale,
+            "crf_scale": p.crf_scale,  # "auto": gain.sec.scale's rule on the output grid
             "classes": num_fg + 1,
         },
         "raw_sec_ms": raw_ms(times),
     }
-    items = synthetic_items(16, size=p.input_size, num_fg=num_fg, seed=params.seed + 2)
-    images = downscale_images(torch.stack([it["image"] for it in items]), (41, 41))
-    logits = 3.0 * np.random.default_rng(params.seed).standard_normal((16, 21, 41, 41))
-    log_probs = logits - logits.max(axis=1, keepdims=True)
-    log_probs = (log_probs - np.log(np.exp(log_probs).sum(axis=1, keepdims=True))).astype(np.float32)
-    pools = {"inline": CRFPool(0), **{str(n): CRFPool(n) for n in range(1, (os.cpu_count() or 1) + 1)}}
-    try:
-        fns = {k: (lambda pool=pool: pool.map(images, log_probs, p.crf_scale)) for k, pool in pools.items()}
-        warm(fns, 1)
-        times = interleaved(fns, reps.crf_rounds, lambda: None)
-    finally:
-        for pool in pools.values():
-            pool.close()
-    res["crf_pool_scaling"] = {k: len(images) / statistics.median(t) for k, t in times.items()}
-    res["crf_scaling_setup"] = {
-        "images": len(images),
-        "size": [41, 41],
-        "classes": 21,
-        "scale": p.crf_scale,
-        "unit": "CRFs per second",
+    cases = {
+        k: crf_case(params, n or p.batch_size, side, c, params.seed + 2)
+        for k, (n, side, c) in CRF_CASES.items()
     }
+    backends = crf_backends()
+    dev = {
+        k: (torch.from_numpy(im).to(rt.device), torch.from_numpy(lp).to(rt.device))
+        for k, (im, lp) in cases.items()
+    }
+
+    scales = {k: resolve(p.crf_scale, train_crf_scale, (side, side)) for k, (_, side, _) in CRF_CASES.items()}
+
+    def call(backend, case: str):
+        if isinstance(backend, ExactCRF):
+            return backend.run(*dev[case], scales[case])
+        return backend.map(*cases[case], scales[case])
+
+    try:
+        fns = {f"{c}/{k}": (lambda b=b, c=c: call(b, c)) for c in cases for k, b in backends.items()}
+        warm(fns, 1)
+        times = interleaved(fns, reps.crf_rounds, syncer(rt.device))
+    finally:
+        for b in backends.values():
+            b.__exit__()
+    rate = {k: len(cases[k.split("/")[0]][0]) / statistics.median(t) for k, t in times.items()}
+    res["crf_per_s"] = {c: {k: rate[f"{c}/{k}"] for k in backends} for c in cases}
+    res["crf_setup"] = {c: {"images": len(cases[c][0]), "scale": scales[c]} for c in cases}
     res["raw_crf_ms"] = raw_ms(times)
     return res
 

@@ -55,7 +55,6 @@ _INT_CLASSES = (
     "labels as int64"
 )
 _INT_EXPONENTS = "int64 exponents of a float64 base: torch.pow gives the same float64 weights"
-_CPU_DEFAULT = "the default device is the CPU, where the tests run; on CUDA it would fail against `values`"
 _THREE_WEIGHTS = "weights is checked to have 3 entries above, so zip's strict check never fires"
 _SAME_BATCH = (
     "the batch sizes of images and log_probs are checked equal just before, so zip's strict check never fires"
@@ -67,6 +66,22 @@ _F32_UNARY = "log_probs is checked to be float32, so its negation already is: th
 _F32_MARGINALS = (
     "pydensecrf's inference returns float32 marginals: np.array keeps that dtype without being told"
 )
+# Mutants that make a tensor on the default device instead of the input's: the same on the CPU, so they
+# survived while every test ran there; tests/test_device.py runs the steps with the default device set to
+# meta, where such a tensor meets the CPU tensors and raises. Mutant -> the tests that kill it.
+_GAIN_AND_SEEDS = (
+    "tests/test_device.py::test_gain_step_makes_no_tensor_off_the_network_device (3 cases) and "
+    "::test_seed_attention_and_saliency_make_no_tensor_off_the_network_device (2 cases)"
+)
+_SEC_STEP = "tests/test_device.py::test_sec_step_with_the_exact_crf_makes_no_tensor_off_the_network_device"
+DEVICE_KILLED: dict[str, str] = {
+    "gain.cam.attention.x_grad_cam__mutmut_16": _GAIN_AND_SEEDS,
+    "gain.cam.attention.x_grad_cam__mutmut_18": _GAIN_AND_SEEDS,
+    "gain.sec.losses.x_gwrp__mutmut_22": _SEC_STEP,
+    "gain.sec.losses.x_gwrp__mutmut_25": _SEC_STEP,
+    "gain.sec.losses.x_gwrp__mutmut_33": _SEC_STEP,
+    "gain.sec.losses.x_gwrp__mutmut_36": _SEC_STEP,
+}
 EQUIVALENT: dict[str, str] = {
     # gain/seeds/cues.py
     "gain.seeds.cues.x__check_attention__mutmut_10": "classes is a flat sequence at every call site; reshape(None) "
@@ -125,10 +140,6 @@ EQUIVALENT: dict[str, str] = {
     "its scale cancels",
     "gain.cam.attention.x_grad_cam__mutmut_14": "rank + first is still distinct within an image (images are "
     "independent given the features): more autograd rounds, the same weights",
-    "gain.cam.attention.x_grad_cam__mutmut_16": "arange on the default device: the same on the CPU (the tests' "
-    "device); on CUDA it would fail against `first`",
-    "gain.cam.attention.x_grad_cam__mutmut_18": "arange on the default device: the same on the CPU (the tests' "
-    "device); on CUDA it would fail against `first`",
     "gain.cam.attention.x_grad_cam__mutmut_28": "one more round selects no pair: an empty index_put changes nothing",
     "gain.cam.attention.x_soft_mask__mutmut_5": "align_corners=None is bilinear's default, False",
     "gain.cam.attention.x_soft_mask__mutmut_9": "align_corners=None is bilinear's default, False",
@@ -151,10 +162,6 @@ EQUIVALENT: dict[str, str] = {
     "gain.sec.losses.x_expansion_loss__mutmut_21": "labels are multi-hot 0/1: no label equals 0.5",
     "gain.sec.losses.x_gwrp__mutmut_21": _INT_EXPONENTS,
     "gain.sec.losses.x_gwrp__mutmut_24": _INT_EXPONENTS,
-    "gain.sec.losses.x_gwrp__mutmut_22": _CPU_DEFAULT,
-    "gain.sec.losses.x_gwrp__mutmut_25": _CPU_DEFAULT,
-    "gain.sec.losses.x_gwrp__mutmut_33": _CPU_DEFAULT,
-    "gain.sec.losses.x_gwrp__mutmut_36": _CPU_DEFAULT,
     "gain.sec.losses.x_gwrp__mutmut_43": "sort's default dim is the last one, -1",
     "gain.sec.losses.x_sec_loss__mutmut_60": _THREE_WEIGHTS,
     "gain.sec.losses.x_sec_loss__mutmut_63": _THREE_WEIGHTS,
@@ -304,6 +311,7 @@ def render(mutants_dir: Path) -> str:
         "## Survivors",
         *(sections or ["\nNone."]),
     ]
+    out += device_section()
     if PLANTED:
         out += [
             "",
@@ -319,6 +327,25 @@ def render(mutants_dir: Path) -> str:
         ]
         out += [f"| {bug} | `{test}` |" for bug, test in PLANTED]
     return "\n".join(out) + "\n"
+
+
+def device_section() -> list[str]:
+    """The CUDA-only mutants, once listed as equivalent, and the tests that now kill them."""
+    return [
+        "",
+        "## Mutants that only fail on a GPU, killed without one",
+        "",
+        "Each makes a tensor on the default device instead of its input's. On the CPU that is the same device, "
+        "so they survived while every test ran there; tests/test_device.py runs the steps with PyTorch's default "
+        "device set to `meta`, where such a tensor meets the CPU tensors and raises. Re-run by name "
+        "(`mutmut run <names>`) with tests/test_device.py in the selection: all killed (the table above counts them so; no other mutant was re-run). "
+        "`x_gwrp__mutmut_33`/`_36` build the 0-dim base `d` off-device; CUDA would accept a 0-dim CPU tensor there "
+        "as a scalar (a host-to-device copy each call), the meta check does not.",
+        "",
+        "| mutant | killed by |",
+        "|---|---|",
+        *(f"| `{name}` | `{test}` |" for name, test in DEVICE_KILLED.items()),
+    ]
 
 
 def main(argv: list[str]) -> None:

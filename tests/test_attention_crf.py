@@ -41,7 +41,9 @@ def test_the_crf_on_attention_snaps_it_to_the_object_and_is_scored_like_the_devk
     image, mask, attn = _square_scene()
     item = {"orig_image": image, "orig_mask": mask}
     with CRFPool(0) as pool:
-        crf = evaluate_attention_crf([(item, attn, np.array([1]))], 2, pool, fg_fraction=0.2, crf_scale="auto")
+        crf = evaluate_attention_crf(
+            [(item, attn, np.array([1]))], 2, pool, fg_fraction=0.2, crf_scale="auto"
+        )
         flat = evaluate_attention_crf([(item, attn, np.array([1]))], 2, pool, fg_fraction=0.2, crf_scale=1e3)
     raw = ConfusionMatrix(2)
     raw.update(mask, attention_probs(attn, np.array([1]), 2, fg_fraction=0.2).argmax(0).astype(np.uint8))

@@ -5,6 +5,7 @@ without CUDA, and the DataLoader sizing the paper-scale run relies on."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks.paper import Setup, exact_crf_gflops, project
 from gain.runtime.engine import AUTO_WORKERS, MAX_AUTO_WORKERS, loader_workers
 
 REPO = Path(__file__).resolve().parents[1]
@@ -27,6 +29,8 @@ FIGURES = [
     "seed_images_per_s",
     "seed_batched_speedup",
     "crf_pool_speedup",
+    "sec_exact_over_inline",
+    "sec_exact_over_pool",
     "eval_mpix_per_s",
 ]
 PIPELINE = ["pipeline_wall_s", "noop_repro_s"]
@@ -60,8 +64,15 @@ def test_quick_run_reports_every_figure(quick_runs):
         assert f"`{key}`" in md
     for key in PIPELINE:
         assert res[key] is None and res["targets"][key]["pass"] is None
-    assert set(res["crf_pool_scaling"]) == {"inline", *(str(n) for n in range(1, os.cpu_count() + 1))}
-    assert all(positive(v) for v in res["crf_pool_scaling"].values())
+    backends = {"inline", "exact", *(str(n) for n in range(1, os.cpu_count() + 1))}
+    assert set(res["crf_per_s"]) == {"14x14x7", "41x41x21"}
+    for rates in res["crf_per_s"].values():
+        assert set(rates) == backends and all(positive(v) for v in rates.values())
+    assert res["crf_setup"]["41x41x21"]["images"] == 15 and set(res["sec_step_ms"]) == {
+        "pool",
+        "inline",
+        "exact",
+    }
     assert set(res["memory_mib"]) == {"plain", "gain", "public"}
     assert all(positive(v) for v in res["memory_mib"].values())
     for section in ("step_ms", "sec_step_ms"):
@@ -104,6 +115,20 @@ def test_paper_scale_projects_every_stage(quick_runs):
         assert positive(crf[key]), (key, crf[key])
     assert all(positive(v) for v in res["gpu_estimate"]["stage_hours"].values())
     assert positive(res["gpu_estimate"]["total_hours"])
+    by_crf = res["gpu_estimate"]["sec_hours_by_crf"]  # the GPU default is the exact CRF
+    assert (
+        set(by_crf) == {"exact", "lattice"} and res["gpu_estimate"]["stage_hours"]["sec"] == by_crf["exact"]
+    )
+    assert (
+        "exact" in res["paper_scale_measured"]["sec_crf_s"]
+        and "exact" in res["paper_scale_measured"]["crf41_per_s"]
+    )
+    # On CUDA `auto` projects SEC with the exact CRF: the same projection, CRF time from the exact CRF's rate.
+    setup, m = res["paper_scale_setup"], res["paper_scale_measured"]
+    s = Setup(**{f.name: setup[f.name] for f in dataclasses.fields(Setup)})
+    exact = project(m, s, setup["flops"], setup["crf_processes"], "exact")["voc_step_split_s"]["sec_batch_15"]
+    assert exact["crf"] == pytest.approx(15 / m["crf41_per_s"]["exact"])
+    assert exact["crf"] > res["voc_step_split_s"]["sec_batch_15"]["crf"]  # on the CPU the lattice is faster
     assert set(res["voc_multi_gpu_hours"]) == {"1", "2", "4", "8"}
     assert all(positive(v) for v in res["voc_multi_gpu_hours"].values())
     m = res["paper_scale_measured"]
@@ -145,3 +170,10 @@ def test_auto_loader_workers_come_from_the_cores_on_cuda_only(monkeypatch):
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(128)))
     monkeypatch.delenv("LOCAL_WORLD_SIZE")
     assert loader_workers(AUTO_WORKERS, cuda=True) == MAX_AUTO_WORKERS
+
+
+def test_exact_crf_flops_are_counted_by_hand():
+    # One image, one class, one cell, one iteration: 2 kernels x 2 FLOPs, plus 6 for the colour products.
+    assert exact_crf_gflops(1, 1, 1, 1) * 1e9 == pytest.approx(10)
+    # SEC's batch: 15 x (10 x 4 x 21 x 1681^2 + 6 x 1681^2) = 35.9 GFLOP per step.
+    assert exact_crf_gflops(15, 21, 41 * 41) == pytest.approx(15 * 846 * 1681**2 / 1e9)

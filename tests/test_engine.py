@@ -158,8 +158,10 @@ def test_ddp_two_cpu_ranks_identical_weights_and_rank1_logs_nothing(tmp_path):
     assert ranks_logged == {"0"}
 
 
-def test_sec_training_resumes_to_identical_weights(tmp_path):
-    """SEC (dropout, CRF constrain loss) through the same loop: 4 + 4 resumed steps == 8 straight steps."""
+@pytest.mark.parametrize("train_crf", ["lattice", "exact"])
+def test_sec_training_resumes_to_identical_weights(tmp_path, train_crf):
+    """SEC (dropout, CRF constrain loss with either training CRF) through the same loop: 4 + 4 resumed steps ==
+    8 straight steps."""
     from dataclasses import replace
 
     from gain.data.dataset import synthetic_dataset_index
@@ -176,7 +178,15 @@ def test_sec_training_resumes_to_identical_weights(tmp_path):
     )
     index = synthetic_dataset_index(root)
     shipped = load_params(REPO / "params.yaml")
-    p = replace(shipped.sec, init="none", input_size=48, batch_size=4, iterations=8, eval_every=100)
+    p = replace(
+        shipped.sec,
+        init="none",
+        input_size=48,
+        batch_size=4,
+        iterations=8,
+        eval_every=100,
+        train_crf=train_crf,
+    )
     knobs = replace(shipped.runtime, sec_ckpt_every=1, crf_workers=0)
     seeds = root / "SegmentationClass"  # perfect seeds are enough to exercise the loop
 

@@ -245,6 +245,16 @@ def test_choices_are_checked_in_every_section():
         parse({"device": "gpu"})
 
 
+def test_sec_train_crf_is_auto_lattice_or_exact():
+    assert load_params(PARAMS_YAML).sec.train_crf == "auto"  # exact on CUDA, the lattice on the CPU
+    for value in ("lattice", "exact"):
+        assert parse({"sec": {"train_crf": value}}).sec.train_crf == value
+    with pytest.raises(
+        ParamsError, match=r"sec\.train_crf: 'dense' is not allowed; choose one of auto, lattice, exact"
+    ):
+        parse({"sec": {"train_crf": "dense"}})
+
+
 def test_sec_losses_is_a_non_empty_list_of_distinct_terms(tmp_path):
     assert parse({"sec": {"losses": ["expand", "seed"]}}).sec.losses == ("expand", "seed")
     assert load_params(PARAMS_YAML).sec.losses == ("seed", "expand", "constrain")  # SEC's objective

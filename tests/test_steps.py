@@ -16,9 +16,10 @@ from gain.cam.train import gain_step_losses
 from gain.runtime.engine import CPU
 from gain.runtime.params import load_params
 from gain.sec.crf import CRFPool, dense_crf
+from gain.sec.crf_exact import ExactCRF, exact_dense_crf
 from gain.sec.losses import constrain_loss, expansion_loss, sec_probs, seeding_loss
 from gain.sec.model import LargeFOV
-from gain.sec.scale import gwrp_decay, gwrp_decays
+from gain.sec.scale import gwrp_decay, gwrp_decays, train_crf_scale
 from gain.sec.train import downscale_cues, downscale_images, sec_step_losses
 from tests.pipeline_utils import REPO
 
@@ -135,6 +136,24 @@ def test_sec_step_crf_scale_and_unary_reach_the_constrain_term(sec_setup):
     with torch.no_grad():
         sec_step_losses(net, batch, pool, sec_params(losses=("seed", "expand")), CPU)
     assert pool.calls == []  # no CRF without the constrain term
+
+
+def test_sec_step_with_the_exact_crf_gives_its_q_to_the_constrain_term(sec_setup):
+    """sec.train_crf exact: the constrain term compares the output with the exact CRF's Q of the same image,
+    unary and crf_scale, and its gradient reaches the network (the CRF's Q is a target without one)."""
+    net, batch, logits = sec_setup
+    p = sec_params(losses=("constrain",))
+    out = sec_step_losses(net, batch, ExactCRF(), p, CPU)
+    images = torch.from_numpy(
+        downscale_images(batch["image"], logits.shape[-2:], align_corners=net.align_corners)
+    )
+    scale = train_crf_scale(tuple(logits.shape[-2:]))  # crf_scale auto: SEC's 12 carried to the grid
+    q = exact_dense_crf(images, torch.log_softmax(logits, dim=1), scale=scale)
+    m = SHIPPED.sec.min_prob
+    assert close(out["constrain"], constrain_loss(sec_probs(logits, m), q, min_prob=m))
+    out["total"].backward()
+    assert net.fc8.weight.grad is not None and net.fc8.weight.grad.abs().sum() > 0
+    net.zero_grad(set_to_none=True)
 
 
 def test_sec_step_loss_switches_compute_only_their_terms(sec_setup):

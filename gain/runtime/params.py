@@ -115,6 +115,7 @@ class SecParams:
     d_bg: float | Literal["auto"] = _range(0.0, 1.0)
     min_prob: float = _range(0.0, 0.1)
     crf_scale: float | Literal["auto"] = _range(0.01)
+    train_crf: Literal["auto", "lattice", "exact"] = _range()
     eval_every: int = _range(1)
     select: Literal["last", "heldout"] = _range()
     heldout_fraction: float = _range(0.0, 0.5)

@@ -16,7 +16,6 @@ from gain.runtime.engine import Runtime, eval_loader
 from gain.sec.crf import CRFPool
 from gain.sec.scale import inference_crf_scale, resolve
 
-TEST_CRF_SCALE = 1.0  # SEC's test-time CRF runs on the full image: spatial stds not divided
 TEST_PROB_FLOOR = 1e-5  # SEC's demo floors the upsampled probabilities before the log of the CRF unary
 
 

@@ -16,16 +16,20 @@ from gain.data.transforms import Compose, denormalize, eval_preset, train_preset
 from gain.runtime.engine import FitResult, Loop, Runtime, Schedule, fit, sgd, unwrap
 from gain.runtime.params import RuntimeParams, SecParams
 from gain.sec.crf import CRFPool
+from gain.sec.crf_exact import ExactCRF, training_crf
 from gain.sec.evaluate import evaluate_segmenter
 from gain.sec.losses import sec_loss
 from gain.sec.model import LargeFOV, build_sec
 from gain.sec.scale import gwrp_decays, resolve, train_crf_scale
 
 
-def cell_pixels(n_in: int, n_out: int, *, align_corners: bool) -> torch.Tensor:
-    """(n_out,) long: the input pixel under each output cell's centre, corner-aligned (i (n_in - 1) /
-    (n_out - 1)) or half-pixel ((i + 0.5) n_in / n_out - 0.5), rounded to the nearest pixel."""
-    i = torch.arange(n_out, dtype=torch.float64)
+def cell_pixels(
+    n_in: int, n_out: int, *, align_corners: bool, device: torch.device | None = None
+) -> torch.Tensor:
+    """(n_out,) long on `device`: the input pixel under each output cell's centre, corner-aligned
+    (i (n_in - 1) / (n_out - 1)) or half-pixel ((i + 0.5) n_in / n_out - 0.5), rounded to the nearest
+    pixel."""
+    i = torch.arange(n_out, dtype=torch.float64, device=device)
     if align_corners:
         pos = i * (n_in - 1) / max(n_out - 1, 1)
     else:
@@ -36,8 +40,8 @@ def cell_pixels(n_in: int, n_out: int, *, align_corners: bool) -> torch.Tensor:
 def downscale_cues(cues: torch.Tensor, size: tuple[int, int], *, align_corners: bool = True) -> torch.Tensor:
     """(B, H, W) long seed maps -> (B, h, w): each cell takes the cue under its centre (`cell_pixels`), so
     unlabeled (255) stays unlabeled and no cue moves by part of a cell."""
-    rows = cell_pixels(cues.shape[-2], size[0], align_corners=align_corners).to(cues.device)
-    cols = cell_pixels(cues.shape[-1], size[1], align_corners=align_corners).to(cues.device)
+    rows = cell_pixels(cues.shape[-2], size[0], align_corners=align_corners, device=cues.device)
+    cols = cell_pixels(cues.shape[-1], size[1], align_corners=align_corners, device=cues.device)
     return cues[:, rows][:, :, cols]
 
 
@@ -48,20 +52,31 @@ def downscale_images(x: torch.Tensor, size: tuple[int, int], *, align_corners: b
     return np.ascontiguousarray(np.stack([denormalize(s) for s in small.cpu()]))
 
 
-def sec_step_losses(net, batch: dict, pool: CRFPool, p: SecParams, rt: Runtime) -> dict:
+def crf_targets(
+    crf: CRFPool | ExactCRF, images: np.ndarray, logits: torch.Tensor, scale: float
+) -> torch.Tensor:
+    """Q (B, C, h, w) float32 on logits' device, no gradient: the dense CRF of (B, h, w, 3) uint8 images
+    with the unfloored log-softmax of (B, C, h, w) logits as unary (SEC feeds the raw fc8 scores).
+    ExactCRF computes on logits' device; a CRFPool (or anything with its `map`) on the CPU via numpy."""
+    log_probs = torch.log_softmax(logits.detach().float(), dim=1)
+    if isinstance(crf, ExactCRF):
+        return crf.run(torch.from_numpy(images).to(logits.device), log_probs, scale)
+    q = crf.map(images, log_probs.cpu().numpy().astype(np.float32), scale)
+    return torch.from_numpy(q).to(logits.device)
+
+
+def sec_step_losses(net, batch: dict, pool: CRFPool | ExactCRF, p: SecParams, rt: Runtime) -> dict:
     """One SEC step's losses over `p.losses`: forward; for "constrain", Q = CRF(image at output size,
-    log-softmax of the output) in the worker pool (no gradient through it, no floor on the unary: SEC feeds
-    the raw fc8 scores); seeds at output resolution; then gain.sec.losses.sec_loss. Terms left out of
-    `p.losses` are not computed (no CRF without the constrain term)."""
+    log-softmax of the output) from `pool` (`crf_targets`: no gradient through it, no floor on the unary);
+    seeds at output resolution; then gain.sec.losses.sec_loss. Terms left out of `p.losses` are not
+    computed (no CRF without the constrain term)."""
     logits = net(rt.to_device(batch["image"])).float()
     size = tuple(logits.shape[-2:])
     align = unwrap(net).align_corners  # how the network's output grid sits on its input
     crf = cues = labels = None
     if "constrain" in p.losses:
-        log_probs = torch.log_softmax(logits.detach(), dim=1).cpu().numpy().astype(np.float32)
         scale = resolve(p.crf_scale, train_crf_scale, size)
-        q = pool.map(downscale_images(batch["image"], size, align_corners=align), log_probs, scale)
-        crf = torch.from_numpy(q).to(rt.device)
+        crf = crf_targets(pool, downscale_images(batch["image"], size, align_corners=align), logits, scale)
     if "seed" in p.losses:
         cues = downscale_cues(batch["mask"], size, align_corners=align).to(rt.device)
     if "expand" in p.losses:
@@ -117,7 +132,8 @@ def train_sec(
             metrics["heldout_miou"] = evaluate_segmenter(unwrap(model), heldout_set, rt).summary()["miou"]
         return metrics
 
-    with CRFPool(knobs.crf_workers if "constrain" in p.losses else 0) as pool:
+    workers = knobs.crf_workers if "constrain" in p.losses else 0
+    with training_crf(p.train_crf, rt.device, workers) as pool:
         loop = Loop(
             model=net,
             optimizer=sgd(model.param_groups(p.weight_decay), lr=p.lr, momentum=p.momentum),
