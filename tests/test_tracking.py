@@ -174,6 +174,19 @@ def test_failed_stage_marks_the_run_failed_and_writes_no_pointer(mlflow_uri, tmp
     assert not (tmp_repo / "runs" / "data.json").exists()
 
 
+def test_an_interrupted_stage_and_its_pipeline_run_are_both_killed(mlflow_uri, tmp_repo, params):
+    """Ctrl-C tells one story in MLflow: the stage run and its pipeline run are both KILLED."""
+    with pytest.raises(KeyboardInterrupt):
+        with stage_run("data", params) as run:
+            run_id = run.run_id
+            raise KeyboardInterrupt
+    client = client_for(mlflow_uri)
+    r = client.get_run(run_id)
+    assert r.info.status == "KILLED"
+    assert client.get_run(r.data.tags["mlflow.parentRunId"]).info.status == "KILLED"
+    assert not (tmp_repo / "runs" / "data.json").exists()
+
+
 def test_pipeline_run_is_running_while_a_stage_runs_and_reopened_by_the_next(mlflow_uri, monkeypatch, params):
     """Each stage reopens its pipeline run and closes it when it ends, so a pipeline stopped after any stage
     is not left RUNNING; the stage runs keep their own names."""

@@ -310,18 +310,20 @@ def fit(
     ckpt_dir = Path(ckpt_dir)
     last_path, selected_path = ckpt_dir / "last.pt", ckpt_dir / "selected.pt"
     start, history, chosen = 0, [], None
-    state, note = load_resumable(last_path) if rt.is_main or not dist.is_initialized() else (None, "")
-    if note and rt.is_main:
-        print(note)
+    state, source, note = (None, None, "")
+    if rt.is_main or not dist.is_initialized():
+        state, source, note = load_resumable(last_path)
+    lead = f"{note}; " if note else ""
     if state is not None and state.get("fingerprint") == fingerprint:
         unwrap(model).load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         set_rng_state(state["rng"])
         start, history, chosen = state["step"], state["history"], state["chosen"]
         if rt.is_main:
-            print(f"resuming from {last_path} at step {start}/{s.total_steps}")
-    elif state is not None and rt.is_main:
-        print(f"{last_path}: written for other params, inputs or code; starting from scratch")
+            print(f"{lead}resuming from {source} at step {start}/{s.total_steps}")
+    elif rt.is_main and (state is not None or note):
+        why = f"{source}: written for other params, inputs or code; " if state is not None else ""
+        print(f"{lead}{why}starting from scratch")
     resumed_from = start
     per_epoch = steps_per_epoch(len(loop.dataset), s.batch_size, rt.world_size)
 

@@ -514,7 +514,12 @@ def stage_run(stage: str, params: Params, *, enabled: bool = True) -> Iterator[N
             tracker = StageRun(
                 client, run.info.run_id, parent_id, stage, info, log_models=params.runtime.mlflow.log_models
             )
-            yield tracker
+            try:
+                yield tracker
+            except KeyboardInterrupt:
+                # mlflow's context would close an interrupted run as FAILED: one status, KILLED, for both
+                mlflow.end_run(status="KILLED")
+                raise
             if Path(KEY_OUTPUT[stage]).is_file():
                 mlflow.set_tag("output_digest", file_digest(KEY_OUTPUT[stage]))
             write_json(
