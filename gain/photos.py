@@ -44,20 +44,19 @@ def expand_inputs(args: list[Path]) -> list[Path]:
 
 
 def output_names(paths: list[Path]) -> list[str]:
-    """A distinct file-name prefix per input: its stem, or where stems collide the stem preceded by as
-    many parent folders as it takes (`a/same.jpg`, `b/same.jpg` -> `a_same`, `b_same`), then the suffix
-    (`x.jpg`, `x.png` -> `x_jpg`, `x_png`), then a counter (the same file given twice)."""
+    """A distinct file-name prefix per input: its stem; where one stem comes from several folders, preceded
+    by as many parent folders as tell them apart (`a/same.jpg`, `b/same.jpg` -> `a_same`, `b_same`); where
+    one folder holds it with several suffixes, followed by the suffix (`x.jpg`, `x.png` -> `x_jpg`,
+    `x_png`); the same file given twice gets a counter (`x`, `x-2`)."""
     full = [p.resolve() for p in paths]
-    names = [p.stem for p in full]
-    depth = max(len(p.parts) for p in full)
-    for d in range(1, depth):
-        clash = _clashing(names)
-        if not clash:
-            return names
-        for i in clash:
-            names[i] = "_".join([*full[i].parent.parts[-d:], full[i].stem]).lstrip("/_") or full[i].stem
-    for i in _clashing(names):
-        names[i] = f"{names[i]}_{full[i].suffix.lstrip('.')}"
+    names = []
+    for p in full:
+        folders = {q.parent for q in full if q.stem == p.stem}
+        prefix = [part for part in p.parent.parts[-_depth(folders) :] if part != p.parent.anchor]
+        name = "_".join([*prefix, p.stem]) if len(folders) > 1 else p.stem
+        if len({q.suffix for q in full if q.stem == p.stem and q.parent == p.parent}) > 1:
+            name = f"{name}_{p.suffix.lstrip('.')}"
+        names.append(name)
     seen: Counter = Counter()
     for i, name in enumerate(list(names)):
         seen[name] += 1
@@ -66,9 +65,13 @@ def output_names(paths: list[Path]) -> list[str]:
     return names
 
 
-def _clashing(names: list[str]) -> list[int]:
-    counts = Counter(names)
-    return [i for i, n in enumerate(names) if counts[n] > 1]
+def _depth(folders: set[Path]) -> int:
+    """The fewest trailing folder names that tell `folders` apart."""
+    deepest = max(len(f.parts) for f in folders)
+    for d in range(1, deepest + 1):
+        if len({f.parts[-d:] for f in folders}) == len(folders):
+            return d
+    return deepest
 
 
 def _reason(e: BaseException) -> str:

@@ -12,8 +12,9 @@ any work: one unreadable file stops the run before anything is written, with one
 
 For each image, under a name unique per input (`<stem>`, or `<folder>_<stem>` where stems collide), it
 writes to DIR: `<name>_attention_<class>.png` (attention over the image, one per predicted class),
-`<name>_sec.png` and `<name>_sec_crf.png` (segmentation overlays), `<name>_summary.png` (all of them in one
-figure, with class probabilities and a class colour legend); and `predictions.json` (per image: its path,
+`<name>_sec.png` and `<name>_sec_crf.png` (segmentation overlays), `<name>_labels.png` (the final label map,
+VOC palette: CRF'd unless --no-crf), `<name>_summary.png` (all of them in one figure, with class
+probabilities and a class colour legend); and `predictions.json` (per image: its path,
 name, working size, class probabilities, predicted classes and pixel fractions). The attention is the seeds
 stage's and the segmentation the evaluate stage's (gain.seeds.extract, gain.sec.evaluate) for the same
 image. Registered versions are read from the MLflow store of params.yaml (or MLFLOW_TRACKING_URI): the
@@ -35,6 +36,7 @@ from tqdm import tqdm
 
 from gain.cam.model import load_classifier
 from gain.data.transforms import eval_preset, to_tensor
+from gain.data.voc import voc_palette
 from gain.evaluation.figures import colorize, grid_figure, overlay, save_figure
 from gain.photos import expand_inputs, output_names, read_photo
 from gain.runtime import layout
@@ -42,7 +44,7 @@ from gain.runtime.checkpoint import load_checkpoint
 from gain.runtime.cli import run_stage
 from gain.runtime.engine import setup_runtime
 from gain.runtime.errors import InputError, StageError
-from gain.runtime.io import atomic_path, write_json
+from gain.runtime.io import atomic_path, save_palette_png, write_json
 from gain.runtime.params import load_params
 from gain.runtime.tracking import REGISTERED, repo_root, tracking_uri
 from gain.sec.crf import CRFPool
@@ -158,7 +160,9 @@ def segment(model, image: np.ndarray, size: int, rt, *, crf_scale: float | None)
         return pred, crf_labels(submit_crf(pool, image, probs, crf_scale))
 
 
-def infer(nets: dict, image: np.ndarray, rt, *, threshold: float, crf_scale: float | None, flip: bool, bar=None):
+def infer(
+    nets: dict, image: np.ndarray, rt, *, threshold: float, crf_scale: float | None, flip: bool, bar=None
+):
     """Classify, explain and segment one (H, W, 3) uint8 image -> Prediction; `bar` advances per step."""
     tick = bar.update if bar is not None else (lambda n: None)
     probs, chosen = classify(nets["classifier"], image, nets["gain_size"], rt, threshold)
@@ -181,8 +185,9 @@ def _wrap(cells: list, columns: int = FIGURE_COLUMNS) -> list[list]:
 
 
 def write_outputs(p: Prediction, image: np.ndarray, name: str, out: Path, classes) -> None:
-    """`<name>_attention_<class>.png`, `<name>_sec.png`, `<name>_sec_crf.png` and `<name>_summary.png`
-    (cells in rows of FIGURE_COLUMNS, each attention titled with its class probability)."""
+    """`<name>_attention_<class>.png`, `<name>_sec.png`, `<name>_sec_crf.png`, `<name>_labels.png` (the
+    final label map, class indices in a VOC palette PNG) and `<name>_summary.png` (cells in rows of
+    FIGURE_COLUMNS, each attention titled with its class probability)."""
     top = ", ".join(f"{classes[c + 1]} {p.probs[c]:.2f}" for c in p.chosen)
     cells = [(image, f"{name}\n{top}")]
     for c, a in zip(p.chosen, p.attn, strict=True):
@@ -194,6 +199,8 @@ def write_outputs(p: Prediction, image: np.ndarray, name: str, out: Path, classe
     if p.crf_pred is not None:
         cells.append((seg_overlay(image, p.crf_pred), "SEC + CRF"))
         _save_png(out / f"{name}_sec_crf.png", cells[-1][0])
+    final = p.crf_pred if p.crf_pred is not None else p.pred
+    save_palette_png(out / f"{name}_labels.png", final, voc_palette())
     save_figure(grid_figure(_wrap(cells), cell=2.4, classes=classes), out / f"{name}_summary.png")
 
 
@@ -230,7 +237,9 @@ def check_inputs(paths: list[Path], max_side: int) -> None:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("images", nargs="+", type=Path, help="image files or folders of images (anything PIL reads)")
+    ap.add_argument(
+        "images", nargs="+", type=Path, help="image files or folders of images (anything PIL reads)"
+    )
     ap.add_argument("--out", type=Path, required=True, help="output folder (created)")
     ap.add_argument("--gain-model", default=str(layout.GAIN_MODEL), help="GAIN model file")
     ap.add_argument("--sec-model", default=str(layout.SEC_MODEL), help="SEC model file")
