@@ -188,8 +188,7 @@ def write_outputs(p: Prediction, image: np.ndarray, name: str, out: Path, classe
     """`<name>_attention_<class>.png`, `<name>_sec.png`, `<name>_sec_crf.png`, `<name>_labels.png` (the
     final label map, class indices in a VOC palette PNG) and `<name>_summary.png` (cells in rows of
     FIGURE_COLUMNS, each attention titled with its class probability)."""
-    top = ", ".join(f"{classes[c + 1]} {p.probs[c]:.2f}" for c in p.chosen)
-    cells = [(image, f"{name}\n{top}")]
+    cells = [(image, f"{name} ({image.shape[1]}x{image.shape[0]})")]
     for c, a in zip(p.chosen, p.attn, strict=True):
         heat = overlay(image, a)
         _save_png(out / f"{name}_attention_{classes[c + 1]}.png", heat)
