@@ -55,3 +55,8 @@ OUTPUTS: dict[str, dict[str, list[Path]]] = {
         "plots": [REPORTS / "per_class_iou.png", REPORTS / "confusion.png", REPORTS / "qualitative.png"],
     },
 }
+
+
+def stage_files(stage: str) -> list[Path]:
+    """Every file or folder `stage` writes (its outs, metrics and plots)."""
+    return [path for paths in OUTPUTS[stage].values() for path in paths]
