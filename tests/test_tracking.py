@@ -467,3 +467,16 @@ def test_stage_run_against_a_real_server(mlflow_server, tmp_repo, monkeypatch, p
     got = Path(client.download_artifacts(run_id, "data/stats.json", str(tmp_repo / "dl")))
     assert json.loads(got.read_text()) == {"images": 5}
     assert json.loads((tmp_repo / "runs" / "data.json").read_text())["tracking_uri"] == mlflow_server
+
+
+@pytest.mark.parametrize("damage", ["truncated", "not_sqlite"])
+def test_a_damaged_store_is_one_line_naming_the_file_and_what_to_do(mlflow_uri, tmp_repo, params, damage):
+    db = Path(mlflow_uri.removeprefix("sqlite:///"))
+    data = db.read_bytes()
+    db.write_bytes(data[: len(data) // 2] if damage == "truncated" else b"<html>not a database</html>" * 10)
+    with pytest.raises(TrackingError) as e:
+        with stage_run("data", params):
+            pass
+    message = str(e.value)
+    assert message.startswith(f"{db}: ") and "\n" not in message
+    assert f"mv {db} {db}.broken" in message and "SELECT" not in message
