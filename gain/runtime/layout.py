@@ -29,6 +29,7 @@ PLOT_DATA = {
     "evaluate": [REPORTS / "per_class_iou.csv"],
 }
 OUTPUTS: dict[str, dict[str, list[Path]]] = {
+    "check": {"outs": [], "metrics": [], "plots": []},
     "data": {
         "outs": [DATASET, REPORTS / "data/stats.json"],
         "metrics": [],
