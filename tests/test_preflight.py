@@ -17,7 +17,8 @@ from torch import nn
 
 from gain.runtime import preflight
 from gain.runtime.engine import CPU, Loop, Schedule, fit
-from gain.runtime.io import outputs_together, write_json, write_text
+from gain.runtime.errors import StageError
+from gain.runtime.io import atomic_path, outputs_together, write_json, write_text
 from gain.runtime.preflight import (
     PreflightError,
     check_space,
@@ -119,7 +120,7 @@ def test_outputs_together_replace_nothing_when_one_write_fails(tmp_path):
     model = tmp_path / "models/model.pt"
     write_text(model, "old weights")
     (tmp_path / "reports").write_text("")  # the report's folder cannot be made
-    with pytest.raises(OSError):
+    with pytest.raises(StageError, match="reports/sec/metrics.json: not written"):
         with outputs_together():
             write_text(model, "new weights")
             write_json(tmp_path / "reports/sec/metrics.json", {"miou": 1.0})
@@ -134,3 +135,16 @@ def test_outputs_together_lands_every_file_at_the_end(tmp_path):
         assert not (tmp_path / "a.txt").exists()
     assert (tmp_path / "a.txt").read_text() == "a" and (tmp_path / "r/b.json").is_file()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt", "r"]
+
+
+def test_a_disk_that_fills_during_a_write_names_the_file_not_a_code_line(tmp_path):
+    path = tmp_path / "models/model.pt"
+    write_text(path, "old weights")
+    with pytest.raises(StageError) as e:
+        with atomic_path(path):
+            raise OSError(errno.ENOSPC, "No space left on device")
+    assert str(e.value) == f"{path}: not written (the disk is full); any earlier model.pt is kept, unchanged"
+    assert path.read_text() == "old weights" and sorted(p.name for p in path.parent.iterdir()) == ["model.pt"]
+    (tmp_path / "reports").write_text("")
+    with pytest.raises(StageError, match=r"reports/m.json: not written \((Not a directory|File exists)\)"):
+        write_json(tmp_path / "reports/m.json", {})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
@@ -14,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from gain.runtime.errors import InputError
+from gain.runtime.errors import InputError, StageError
 
 FILE_MODE = 0o644
 
@@ -33,8 +34,11 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     a shared DVC cache or an MLflow server could not read).
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        raise _not_written(path, e) from e
     os.close(fd)
     tmp, pending = Path(tmp), _PENDING.get()
     try:
@@ -44,9 +48,19 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             os.replace(tmp, path)
         else:
             pending.append((tmp, path))
+    except OSError as e:
+        raise _not_written(path, e) from e
     finally:
         if tmp.exists() and (pending is None or (tmp, path) not in pending):
             tmp.unlink()
+
+
+def _not_written(path: Path, e: OSError) -> OSError | StageError:
+    """A full disk or a folder that refuses writes, as one line naming the file; other errors unchanged."""
+    if e.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.ENOTDIR, errno.EEXIST):
+        return e
+    why = "the disk is full" if e.errno in (errno.ENOSPC, errno.EDQUOT) else e.strerror
+    return StageError(f"{path}: not written ({why}); any earlier {path.name} is kept, unchanged")
 
 
 @contextmanager
