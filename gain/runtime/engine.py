@@ -297,6 +297,26 @@ class FitResult:
     meta: dict  # Loop.meta
 
 
+def resume(model, optimizer, last_path: Path, fingerprint: str, *, total: int, rt: Runtime) -> tuple:
+    """Load the newest readable resume checkpoint written for `fingerprint` into model and optimizer (and
+    the RNGs); print one line saying what happened. -> (step, history, chosen), (0, [], None) from scratch."""
+    state, source, note = (None, None, "")
+    if rt.is_main or not dist.is_initialized():
+        state, source, note = load_resumable(last_path)
+    lead = f"{note}; " if note else ""
+    if state is not None and state.get("fingerprint") == fingerprint:
+        unwrap(model).load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        set_rng_state(state["rng"])
+        if rt.is_main:
+            print(f"{lead}resuming from {source} at step {state['step']}/{total}")
+        return state["step"], state["history"], state["chosen"]
+    if rt.is_main and (state is not None or note):
+        why = f"{source}: written for other params, inputs or code; " if state is not None else ""
+        print(f"{lead}{why}starting from scratch")
+    return 0, [], None
+
+
 def fit(
     loop: Loop,
     schedule: Schedule,
@@ -319,21 +339,7 @@ def fit(
     model, optimizer, s = loop.model, loop.optimizer, schedule
     ckpt_dir = Path(ckpt_dir)
     last_path, selected_path = ckpt_dir / "last.pt", ckpt_dir / "selected.pt"
-    start, history, chosen = 0, [], None
-    state, source, note = (None, None, "")
-    if rt.is_main or not dist.is_initialized():
-        state, source, note = load_resumable(last_path)
-    lead = f"{note}; " if note else ""
-    if state is not None and state.get("fingerprint") == fingerprint:
-        unwrap(model).load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        set_rng_state(state["rng"])
-        start, history, chosen = state["step"], state["history"], state["chosen"]
-        if rt.is_main:
-            print(f"{lead}resuming from {source} at step {start}/{s.total_steps}")
-    elif rt.is_main and (state is not None or note):
-        why = f"{source}: written for other params, inputs or code; " if state is not None else ""
-        print(f"{lead}{why}starting from scratch")
+    start, history, chosen = resume(model, optimizer, last_path, fingerprint, total=s.total_steps, rt=rt)
     resumed_from = start
     per_epoch = steps_per_epoch(len(loop.dataset), s.batch_size, rt.world_size)
     if rt.is_main:
