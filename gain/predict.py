@@ -1,43 +1,60 @@
 """Predict on your own images: GAIN attention per predicted class and the SEC segmentation (with CRF).
 
-    python -m gain.predict IMAGE... --out DIR                        # models/*/model.pt of the last run
-    python -m gain.predict IMAGE... --out DIR --model-version 3      # registered gain-classifier/sec-segmenter v3
+    python -m gain.predict IMAGE_OR_FOLDER... --out DIR                  # models/*/model.pt of the last run
+    python -m gain.predict IMAGE... --out DIR --model-version 3          # registered gain-classifier/sec-segmenter v3
     python -m gain.predict IMAGE... --out DIR --gain-version 2 --sec-version latest
 
-For each image `<stem>` it writes to DIR: `<stem>_attention_<class>.png` (attention over the image, one per
-predicted class), `<stem>_sec.png` and `<stem>_sec_crf.png` (segmentation overlays), `<stem>_summary.png`
-(all of them in one figure, with a class colour legend); and `predictions.json` (class probabilities,
-predicted classes and pixel fractions per image). Registered versions are read from the MLflow store of
-params.yaml (or MLFLOW_TRACKING_URI): the exact model.pt file each training stage handed on.
+A folder stands for its image files, sorted by name. Any image PIL reads is converted to 8-bit RGB (16-bit
+rescaled, palette and CMYK converted, transparency over white, EXIF orientation applied) and worked on at
+most `--max-side` pixels on its longer side (default 1024): attention, SEC, the test-time CRF and every
+output file are at that working size, so memory stays bounded for any photo. Every input is decoded before
+any work: one unreadable file stops the run before anything is written, with one line naming each such file.
+
+For each image, under a name unique per input (`<stem>`, or `<folder>_<stem>` where stems collide), it
+writes to DIR: `<name>_attention_<class>.png` (attention over the image, one per predicted class),
+`<name>_sec.png` and `<name>_sec_crf.png` (segmentation overlays), `<name>_labels.png` (the final label map,
+VOC palette: CRF'd unless --no-crf), `<name>_summary.png` (all of them in one figure, with class
+probabilities and a class colour legend); and `predictions.json` (per image: its path,
+name, working size, class probabilities, predicted classes and pixel fractions). The attention is the seeds
+stage's and the segmentation the evaluate stage's (gain.seeds.extract, gain.sec.evaluate) for the same
+image. Registered versions are read from the MLflow store of params.yaml (or MLFLOW_TRACKING_URI): the
+exact model.pt file each training stage handed on.
 """
 
 from __future__ import annotations
 
 import argparse
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch.nn import functional as F
+from PIL import Image
+from torch.utils.data import Dataset
+from tqdm import tqdm
 
-from gain.cam.attention import attention_maps
 from gain.cam.model import load_classifier
-from gain.data.transforms import resize_pair, to_tensor
+from gain.data.transforms import eval_preset, to_tensor
+from gain.data.voc import voc_palette
 from gain.evaluation.figures import colorize, grid_figure, overlay, save_figure
+from gain.photos import expand_inputs, output_names, read_photo
 from gain.runtime import layout
 from gain.runtime.checkpoint import load_checkpoint
 from gain.runtime.cli import run_stage
 from gain.runtime.engine import setup_runtime
 from gain.runtime.errors import InputError, StageError
-from gain.runtime.io import read_rgb, write_json
+from gain.runtime.io import atomic_path, save_palette_png, write_json
 from gain.runtime.params import load_params
 from gain.runtime.tracking import REGISTERED, repo_root, tracking_uri
-from gain.sec.crf import dense_crf
-from gain.sec.evaluate import TEST_CRF_SCALE
+from gain.sec.crf import CRFPool
+from gain.sec.evaluate import crf_labels, submit_crf
+from gain.sec.evaluate import predict as sec_predict
 from gain.sec.model import load_segmenter
+from gain.sec.scale import inference_crf_scale, resolve
+from gain.seeds.extract import image_attention
 
-SEG_ALPHA = 0.55  # weight of the label colours over the image in the segmentation overlays
+MAX_SIDE = 1024  # default working resolution (longer side): bounds the memory of the CRF and the figures
 
 
 def registered_file(name: str, version: str, uri: str, dest: Path) -> Path:
@@ -77,81 +94,161 @@ def model_files(args, tmp: Path) -> tuple[Path, Path]:
     return gain, sec
 
 
-def _input(image: np.ndarray, size: int, rt) -> torch.Tensor:
-    small, _ = resize_pair(image, None, (size, size))
-    return rt.to_device(to_tensor(small)[None])
+SEG_ALPHA = 0.55  # weight of the label colours over the image in the segmentation overlays
+FIGURE_COLUMNS = 4  # cells per row of the summary figure; more attention maps wrap onto further rows
+STEPS = 5  # per image: read, classify, attention, segment (+ CRF), write
 
 
-@torch.no_grad()
-def segment(model, image: np.ndarray, size: int, rt, *, crf: bool) -> tuple[np.ndarray, np.ndarray | None]:
-    """SEC at `size`, probabilities upsampled to the image; -> (argmax, argmax after the test-time CRF)."""
-    with rt.autocast():
-        logits = model(_input(image, size, rt)).float()
-    up = F.interpolate(logits, size=image.shape[:2], mode="bilinear", align_corners=False)
-    probs = torch.softmax(up[0], dim=0).cpu().numpy().astype(np.float32)
-    pred = probs.argmax(0).astype(np.uint8)
-    if not crf:
-        return pred, None
-    q = dense_crf(np.ascontiguousarray(image), probs, scale=TEST_CRF_SCALE)
-    return pred, q.argmax(0).astype(np.uint8)
+class _OneImage(Dataset):
+    """One image as the stages' datasets yield it (keep_original=True), so predict runs the seeds stage's
+    attention and the evaluate stage's SEC inference on it: the network input `eval_preset(size)`, the
+    multi-hot `label` of the classes to explain, and `orig_mask` giving the output resolution."""
+
+    def __init__(self, image: np.ndarray, size: int, label: torch.Tensor | None = None):
+        small, _ = eval_preset(size)(image, None, None)
+        self.item = {
+            "image": to_tensor(small),
+            "label": label if label is not None else torch.zeros(0),
+            "orig_image": image,
+            "orig_mask": np.zeros(image.shape[:2], np.uint8),
+        }
+
+    def __len__(self) -> int:
+        return 1
+
+    def __getitem__(self, i: int) -> dict:
+        return self.item
 
 
-def classify(classifier, image: np.ndarray, size: int, rt, threshold: float):
-    """-> (class probabilities (C-1,), predicted 0-based foreground classes, attention (P, H, W) per class).
-    The classes above `threshold`, or the most probable one when none is."""
-    x = _input(image, size, rt)
+@dataclass
+class Prediction:
+    """What predict computes for one image (H x W: its working size): class probabilities (C-1,), the
+    0-based foreground classes explained, their attention (K, H, W) in [0, 1], the SEC label map and the
+    label map after the test-time CRF (None without it)."""
+
+    probs: np.ndarray
+    chosen: list[int]
+    attn: np.ndarray
+    pred: np.ndarray
+    crf_pred: np.ndarray | None
+
+
+def classify(classifier, image: np.ndarray, size: int, rt, threshold: float) -> tuple[np.ndarray, list[int]]:
+    """-> (class probabilities (C-1,), the 0-based classes above `threshold`, or the most probable one)."""
+    x = rt.to_device(_OneImage(image, size)[0]["image"][None])
     with torch.no_grad(), rt.autocast():
-        probs = torch.sigmoid(classifier(x).float())[0]
+        probs = torch.sigmoid(classifier(x).float())[0].cpu()
     chosen = (probs > threshold).nonzero().flatten()
     if len(chosen) == 0:
         chosen = probs.argmax().reshape(1)
-    labels = torch.zeros_like(probs)[None]
-    labels[0, chosen] = 1
-    attn, _, pair_class = attention_maps(classifier, x, labels, size=tuple(image.shape[:2]))
-    return probs.cpu().numpy(), pair_class.tolist(), attn.float().cpu().numpy()
+    return probs.numpy(), chosen.tolist()
+
+
+def attention(classifier, image: np.ndarray, size: int, rt, label: torch.Tensor, *, flip: bool) -> np.ndarray:
+    """(K, H, W) attention of the classes of the multi-hot `label` (C-1,), as the seeds stage computes it."""
+    ((_, attn, _),) = image_attention(classifier, _OneImage(image, size, label), rt, batch_size=1, flip=flip)
+    return attn
+
+
+def segment(model, image: np.ndarray, size: int, rt, *, crf_scale: float | str | None) -> tuple:
+    """SEC's label map of `image` as the evaluate stage computes it, and with `crf_scale` also after its
+    test-time CRF (spatial stds divided by `crf_scale`; "auto": the scale rule for the image's size, as
+    the evaluate stage) -> (pred, crf_pred or None), (H, W) uint8."""
+    ((_, probs),) = sec_predict(model, _OneImage(image, size), rt, batch_size=1)
+    pred = probs.argmax(0).astype(np.uint8)
+    if crf_scale is None:
+        return pred, None
+    with CRFPool(0) as pool:
+        scale = resolve(crf_scale, inference_crf_scale, image.shape[:2])
+        return pred, crf_labels(submit_crf(pool, image, probs, scale))
+
+
+def infer(
+    nets: dict,
+    image: np.ndarray,
+    rt,
+    *,
+    threshold: float,
+    crf_scale: float | str | None,
+    flip: bool,
+    bar=None,
+):
+    """Classify, explain and segment one (H, W, 3) uint8 image -> Prediction; `bar` advances per step."""
+    tick = bar.update if bar is not None else (lambda n: None)
+    probs, chosen = classify(nets["classifier"], image, nets["gain_size"], rt, threshold)
+    tick(1)
+    label = torch.zeros(len(probs))
+    label[chosen] = 1
+    attn = attention(nets["classifier"], image, nets["gain_size"], rt, label, flip=flip)
+    tick(1)
+    pred, crf_pred = segment(nets["segmenter"], image, nets["sec_size"], rt, crf_scale=crf_scale)
+    tick(1)
+    return Prediction(probs, chosen, attn, pred, crf_pred)
 
 
 def seg_overlay(image: np.ndarray, pred: np.ndarray) -> np.ndarray:
     return (image * (1 - SEG_ALPHA) + colorize(pred) * SEG_ALPHA).astype(np.uint8)
 
 
-def predict_image(path: Path, out: Path, nets: dict, rt, *, threshold: float, crf: bool) -> dict:
-    """Write one image's overlays and summary figure into `out`; -> its predictions.json entry."""
-    image = read_rgb(path)
-    classes = nets["classes"]
-    probs, chosen, attn = classify(nets["classifier"], image, nets["gain_size"], rt, threshold)
-    pred, crf_pred = segment(nets["segmenter"], image, nets["sec_size"], rt, crf=crf)
-    stem = path.stem
-    row = [(image, stem)]
-    for c, a in zip(chosen, attn, strict=True):
+def _wrap(cells: list, columns: int = FIGURE_COLUMNS) -> list[list]:
+    return [cells[i : i + columns] for i in range(0, len(cells), columns)]
+
+
+def write_outputs(p: Prediction, image: np.ndarray, name: str, out: Path, classes) -> None:
+    """`<name>_attention_<class>.png`, `<name>_sec.png`, `<name>_sec_crf.png`, `<name>_labels.png` (the
+    final label map, class indices in a VOC palette PNG) and `<name>_summary.png` (cells in rows of
+    FIGURE_COLUMNS, each attention titled with its class probability)."""
+    cells = [(image, f"{name} ({image.shape[1]}x{image.shape[0]})")]
+    for c, a in zip(p.chosen, p.attn, strict=True):
         heat = overlay(image, a)
-        _save_png(out / f"{stem}_attention_{classes[c + 1]}.png", heat)
-        row.append((heat, f"attention: {classes[c + 1]}"))
-    _save_png(out / f"{stem}_sec.png", seg_overlay(image, pred))
-    row.append((seg_overlay(image, pred), "SEC"))
-    if crf_pred is not None:
-        _save_png(out / f"{stem}_sec_crf.png", seg_overlay(image, crf_pred))
-        row.append((seg_overlay(image, crf_pred), "SEC + CRF"))
-    save_figure(grid_figure([row], cell=2.4, classes=classes), out / f"{stem}_summary.png")
-    final = crf_pred if crf_pred is not None else pred
+        _save_png(out / f"{name}_attention_{classes[c + 1]}.png", heat)
+        cells.append((heat, f"attention: {classes[c + 1]} (p={p.probs[c]:.2f})"))
+    cells.append((seg_overlay(image, p.pred), "SEC"))
+    _save_png(out / f"{name}_sec.png", cells[-1][0])
+    if p.crf_pred is not None:
+        cells.append((seg_overlay(image, p.crf_pred), "SEC + CRF"))
+        _save_png(out / f"{name}_sec_crf.png", cells[-1][0])
+    final = p.crf_pred if p.crf_pred is not None else p.pred
+    save_palette_png(out / f"{name}_labels.png", final, voc_palette())
+    save_figure(grid_figure(_wrap(cells), cell=2.4, classes=classes), out / f"{name}_summary.png")
+
+
+def entry(p: Prediction, path: Path, name: str, image: np.ndarray, classes) -> dict:
+    """predictions.json's record of one image."""
+    final = p.crf_pred if p.crf_pred is not None else p.pred
     counts = np.bincount(final.ravel(), minlength=len(classes)) / final.size
     return {
         "image": str(path),
-        "class_probabilities": {classes[i + 1]: float(p) for i, p in enumerate(probs)},
-        "predicted_classes": [classes[c + 1] for c in chosen],
+        "name": name,
+        "working_size": [int(image.shape[1]), int(image.shape[0])],
+        "class_probabilities": {classes[i + 1]: float(v) for i, v in enumerate(p.probs)},
+        "predicted_classes": [classes[c + 1] for c in p.chosen],
         "segmentation_fractions": {classes[i]: float(f) for i, f in enumerate(counts) if f > 0},
     }
 
 
 def _save_png(path: Path, rgb: np.ndarray) -> None:
-    from PIL import Image
+    with atomic_path(path) as tmp:
+        Image.fromarray(rgb).save(tmp, format="PNG")
 
-    Image.fromarray(rgb).save(path)
+
+def check_inputs(paths: list[Path], max_side: int) -> None:
+    """Decode every input before any work; one InputError listing each unreadable file (nothing written)."""
+    bad = []
+    for path in paths:
+        try:
+            read_photo(path, max_side)
+        except InputError as e:
+            bad.append(str(e))
+    if bad:
+        raise InputError(f"{len(bad)} of {len(paths)} inputs unreadable, nothing written: {'; '.join(bad)}")
 
 
-def main(argv: list[str] | None = None) -> list[dict]:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("images", nargs="+", type=Path, help="image files (anything PIL reads)")
+    ap.add_argument(
+        "images", nargs="+", type=Path, help="image files or folders of images (anything PIL reads)"
+    )
     ap.add_argument("--out", type=Path, required=True, help="output folder (created)")
     ap.add_argument("--gain-model", default=str(layout.GAIN_MODEL), help="GAIN model file")
     ap.add_argument("--sec-model", default=str(layout.SEC_MODEL), help="SEC model file")
@@ -160,12 +257,27 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--sec-version", help=f"registered {REGISTERED['sec']} version (N or latest)")
     ap.add_argument("--threshold", type=float, default=0.5, help="class probability threshold (0.5)")
     ap.add_argument("--no-crf", action="store_true", help="skip the test-time dense CRF")
+    ap.add_argument(
+        "--max-side",
+        type=int,
+        default=MAX_SIDE,
+        help=f"working resolution: longer image side in pixels for attention, SEC, CRF and outputs ({MAX_SIDE})",
+    )
+    ap.add_argument(
+        "--flip",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="flip-averaged attention (default: params.yaml seeds.flip, as the seeds stage)",
+    )
     ap.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda"])
     args = ap.parse_args(argv)
-    missing = [str(p) for p in args.images if not p.is_file()]
-    if missing:
-        raise InputError(f"no such image: {', '.join(missing)}")
-    rt = setup_runtime(args.device)
+    if args.max_side < 1:
+        ap.error("--max-side must be >= 1")
+    return args
+
+
+def load_nets(args, rt) -> dict:
+    """Both networks (and their input sizes, the class list), checked to belong together."""
     with tempfile.TemporaryDirectory() as tmp:
         gain_file, sec_file = model_files(args, Path(tmp))
         for f in (gain_file, sec_file):
@@ -176,18 +288,46 @@ def main(argv: list[str] | None = None) -> list[dict]:
         classes = load_checkpoint(gain_file)["classes"]
         if load_checkpoint(sec_file)["classes"] != classes:
             raise InputError(f"{gain_file} and {sec_file} were trained on different class lists")
-    nets = {
-        "classifier": classifier.to(rt.device),
-        "segmenter": segmenter.to(rt.device),
+    return {
+        "classifier": classifier.to(rt.device).eval(),
+        "segmenter": segmenter.to(rt.device).eval(),
         "classes": classes,
         "gain_size": gain_p["input_size"],
         "sec_size": sec_p["input_size"],
     }
+
+
+def workspace_defaults() -> tuple[bool, float | str]:
+    """(seeds.flip, evaluate.crf_scale) of params.yaml where the workspace has a valid one, as the seeds and
+    evaluate stages use them; else the shipped values (True, "auto")."""
+    try:
+        params = load_params(repo_root() / "params.yaml")
+    except StageError:
+        return True, "auto"
+    return params.seeds.flip, params.evaluate.crf_scale
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    args = parse_args(argv)
+    paths = expand_inputs(args.images)
+    check_inputs(paths, args.max_side)
+    names = output_names(paths)
+    rt = setup_runtime(args.device)
+    nets = load_nets(args, rt)
+    default_flip, default_scale = workspace_defaults()
+    flip = default_flip if args.flip is None else args.flip
+    crf_scale = None if args.no_crf else default_scale
     args.out.mkdir(parents=True, exist_ok=True)
-    results = []
-    for path in args.images:
-        results.append(predict_image(path, args.out, nets, rt, threshold=args.threshold, crf=not args.no_crf))
-        print(f"{path}: {', '.join(results[-1]['predicted_classes'])}")
+    results, classes = [], nets["classes"]
+    for i, (path, name) in enumerate(zip(paths, names, strict=True)):
+        with tqdm(total=STEPS, desc=f"[{i + 1}/{len(paths)}] {name}", unit="step", leave=False) as bar:
+            image = read_photo(path, args.max_side)
+            bar.update(1)
+            p = infer(nets, image, rt, threshold=args.threshold, crf_scale=crf_scale, flip=flip, bar=bar)
+            write_outputs(p, image, name, args.out, classes)
+            bar.update(1)
+        results.append(entry(p, path, name, image, classes))
+        print(f"{path} -> {name}: {', '.join(results[-1]['predicted_classes'])}")
     sources = {}
     for stage, version, file in (
         ("gain", args.gain_version or args.model_version, args.gain_model),

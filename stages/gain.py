@@ -11,6 +11,7 @@ from gain.data.dataset import DatasetIndex
 from gain.runtime import layout
 from gain.runtime.cli import run_stage
 from gain.runtime.engine import save_model, stage_fingerprint, training_stage, write_training_reports
+from gain.runtime.io import outputs_together
 from gain.runtime.params import load_params
 
 
@@ -29,17 +30,20 @@ def main() -> None:
             ckpt_dir=layout.CHECKPOINTS / "gain",
             fingerprint=stage_fingerprint("gain", params, [index.digest]),
             figure_dir=reports if rt.is_main else None,
+            outputs=layout.stage_files("gain"),
         )
         if not rt.is_main:
             return
         run.log_dataset(index)
-        save_model(layout.GAIN_MODEL, result)
         bias = {}
         if index.bias_class is not None:
             bias = bias_accuracy(
                 model.classifier, index, index.bias_class, rt, input_size=params.gain.input_size
             )
-        metrics = write_training_reports(result, reports, run, extra=bias)
+        with outputs_together():  # the model file is replaced only with all its reports
+            save_model(layout.GAIN_MODEL, result)
+            metrics = write_training_reports(result, reports, run, extra=bias)
+        run.log_artifact(reports)
         run.log_model(
             load_classifier(layout.GAIN_MODEL)[0], layout.GAIN_MODEL, example_size=params.gain.input_size
         )

@@ -8,7 +8,7 @@ from gain.data.dataset import DatasetIndex
 from gain.runtime import layout
 from gain.runtime.cli import run_stage
 from gain.runtime.engine import save_model, stage_fingerprint, training_stage, write_training_reports
-from gain.runtime.io import file_digest, folder_digest
+from gain.runtime.io import file_digest, folder_digest, outputs_together
 from gain.runtime.params import load_params
 from gain.sec.model import load_segmenter
 from gain.sec.train import train_sec
@@ -30,12 +30,15 @@ def main() -> None:
             gain_model=layout.GAIN_MODEL,
             ckpt_dir=layout.CHECKPOINTS / "sec",
             fingerprint=stage_fingerprint("sec", params, inputs),
+            outputs=layout.stage_files("sec"),
         )
         if not rt.is_main:
             return
         run.log_dataset(index)
-        save_model(layout.SEC_MODEL, result)
-        metrics = write_training_reports(result, layout.reports("sec"), run, prefix="val_")
+        with outputs_together():  # the model file is replaced only with all its reports
+            save_model(layout.SEC_MODEL, result)
+            metrics = write_training_reports(result, layout.reports("sec"), run, prefix="val_")
+        run.log_artifact(layout.reports("sec"))
         run.log_model(
             load_segmenter(layout.SEC_MODEL)[0], layout.SEC_MODEL, example_size=params.sec.input_size
         )

@@ -71,18 +71,19 @@ def test_truncated_last_falls_back_to_the_previous_checkpoint(tmp_path):
     save_checkpoint(path, later, keep_previous=True)
     assert load_checkpoint(previous(path))["step"] == 7
     path.write_bytes(path.read_bytes()[:100])  # a copy cut short
-    loaded, note = load_resumable(path)
-    assert loaded["step"] == 7
-    assert "last.pt: unreadable checkpoint" in note and "last.pt.prev instead" in note
+    loaded, source, note = load_resumable(path)
+    assert loaded["step"] == 7 and source == previous(path)
+    assert note.startswith(f"{path}: unreadable checkpoint (") and "\n" not in note
+    assert "delete it" not in note and "resuming" not in note  # the caller says what it does next
 
 
 def test_nothing_readable_says_so_and_starts_over(tmp_path):
     path = tmp_path / "last.pt"
     path.write_bytes(b"not a checkpoint")
-    loaded, note = load_resumable(path)
-    assert loaded is None
-    assert "unreadable checkpoint" in note and "starting from scratch" in note
-    assert load_resumable(tmp_path / "missing.pt") == (None, "")
+    loaded, source, note = load_resumable(path)
+    assert loaded is None and source is None
+    assert note.startswith(f"{path}: unreadable checkpoint") and "\n" not in note
+    assert load_resumable(tmp_path / "missing.pt") == (None, None, "")
 
 
 def test_missing_model_file_names_the_stage_to_run(tmp_path):

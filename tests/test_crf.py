@@ -3,6 +3,7 @@ that lets a small confident object survive, and the worker pool."""
 
 import multiprocessing
 import re
+import signal
 
 import numpy as np
 import pytest
@@ -404,3 +405,12 @@ def test_one_worker_pool_runs_batches_empty_ones_too_and_honours_the_timeout():
         out = pending.get(timeout=60)
         np.testing.assert_array_equal(out, single.map(images, probs, scale=1.0))
     np.testing.assert_array_equal(out[1], dense_crf(images[1], probs[1], scale=1.0))
+
+
+def test_pool_workers_ignore_ctrl_c_so_only_the_caller_reports_it():
+    """Ctrl-C reaches every process of the group: a worker that took it would print a stray
+    `Process SpawnPoolWorker-N:` traceback after the stage's one-line error."""
+    with CRFPool(1) as single:
+        handler = single._pool.apply(signal.getsignal, (signal.SIGINT,))
+    assert handler == signal.SIG_IGN
+    assert signal.getsignal(signal.SIGINT) is not signal.SIG_IGN  # the caller still stops on Ctrl-C

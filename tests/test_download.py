@@ -196,14 +196,29 @@ def test_fetch_gives_up_after_retries(server, blob, tmp_path):
     assert not (tmp_path / "blob.bin").exists()
 
 
-def test_fetch_md5_mismatch_leaves_nothing(server, blob, tmp_path):
+def test_fetch_md5_mismatch_keeps_the_download_aside_and_a_corrected_md5_reuses_it(server, blob, tmp_path):
     server.state.files["/blob.bin"] = blob
     url = server.url("blob.bin")
-    wrong = "0" * 32
+    wrong, right = "0" * 32, md5_of(blob)
+    kept = tmp_path / f"blob.bin.md5-{right}"
     with pytest.raises(DownloadError) as err:
         fetch(url, tmp_path / "blob.bin", wrong, **FAST)
     message = str(err.value)
-    assert url in message and wrong in message and md5_of(blob) in message
+    assert message.startswith(f"{url}: md5 mismatch for blob.bin: expected {wrong}, got {right}")
+    assert f"kept as {kept}" in message and "\n" not in message
+    assert [p.name for p in tmp_path.iterdir()] == [kept.name] and kept.read_bytes() == blob
+    n = len(server.state.requests)
+    assert fetch(url, tmp_path / "blob.bin", right, **FAST).read_bytes() == blob  # the typo fixed
+    assert len(server.state.requests) == n and not kept.exists()
+
+
+def test_an_html_page_served_with_200_is_named_as_such(server, tmp_path):
+    server.state.files["/blob.bin"] = b"\n  <!DOCTYPE html><html><body>Please log in</body></html>"
+    url = server.url("blob.bin")
+    with pytest.raises(DownloadError) as err:
+        download_first([url], tmp_path / "blob.bin", "0" * 32, **FAST)
+    assert f"{url}: the server sent an HTML page, not the tar" in str(err.value)
+    assert f"{url}: {url}" not in str(err.value) and "md5" not in str(err.value)
     assert list(tmp_path.iterdir()) == []
 
 
@@ -233,6 +248,7 @@ def test_download_first_lists_every_failure(server, tmp_path):
         download_first(urls, tmp_path / "blob.bin", "0" * 32, **FAST)
     for url in urls:
         assert re.search(re.escape(url) + r".*404", str(err.value))
+        assert f"{url}: {url}" not in str(err.value)  # each URL named once
     assert not (tmp_path / "blob.bin").exists()
 
 
@@ -319,7 +335,8 @@ def test_prepare_voc_end_to_end(server, voc_tar, tmp_path):
     assert voc == tmp_path / "VOCdevkit" / "VOC2012"
     assert sorted(p.stem for p in (voc / "JPEGImages").glob("*.jpg")) == IDS
     assert sorted((voc / "ImageSets" / "Segmentation" / "trainval.txt").read_text().split()) == IDS
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["VOCdevkit", "downloads"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".gitignore", "VOCdevkit", "downloads"]
+    assert (tmp_path / "VOCdevkit" / "source.md5").read_text().strip() == md5_of(voc_tar)
     assert (tmp_path / "downloads" / VOC_TAR_NAME).read_bytes() == voc_tar
 
     # A second call reuses the devkit without touching the network.
@@ -336,3 +353,37 @@ def test_prepare_voc_names_missing_folder(server, tmp_path):
         prepare_voc(root, [server.url(VOC_TAR_NAME)], md5_of(data), progress=False)
     assert not (root / "VOCdevkit").exists()
     assert not (root / "extracted").exists()
+
+
+def test_a_devkit_is_extracted_again_when_the_md5_of_its_tar_changes(server, voc_tar, tmp_path):
+    """A devkit once extracted from a corrupt tar is not reused after the URL and md5 are corrected."""
+    bad = voc_tar + bytes(512)  # another tar (md5); its damage is simulated on the extracted image below
+    server.state.files["/bad/" + VOC_TAR_NAME] = bad
+    server.state.files["/good/" + VOC_TAR_NAME] = voc_tar
+    root = tmp_path / "cache"
+    voc = prepare_voc(root, [server.url("bad/" + VOC_TAR_NAME)], md5_of(bad), progress=False)
+    (voc / "JPEGImages" / f"{IDS[0]}.jpg").write_bytes(b"damaged")  # what the bad tar left behind
+    assert (root / "VOCdevkit" / "source.md5").read_text().strip() == md5_of(bad)
+    voc = prepare_voc(root, [server.url("good/" + VOC_TAR_NAME)], md5_of(voc_tar), progress=False)
+    assert (voc / "JPEGImages" / f"{IDS[0]}.jpg").read_bytes() == (
+        SAMPLE_VOC / "JPEGImages" / f"{IDS[0]}.jpg"
+    ).read_bytes()
+    assert (root / "VOCdevkit" / "source.md5").read_text().strip() == md5_of(voc_tar)
+    assert not (root / "extracted").exists()
+
+
+def test_the_cache_folder_is_git_ignored(server, voc_tar, tmp_path):
+    import subprocess
+
+    repo = tmp_path / "repo"
+    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    server.state.files["/" + VOC_TAR_NAME] = voc_tar
+    prepare_voc(repo / "my_voc_cache", [server.url(VOC_TAR_NAME)], md5_of(voc_tar), progress=False)
+    status = subprocess.run(
+        ["git", "status", "--porcelain", "--untracked-files=all"],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert status.stdout == ""

@@ -16,6 +16,7 @@ from tests.imports import REPO, closure, nested_imports
 DVC = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
 # Data each stage reads besides code: the outputs of earlier stages (and the VOC id list).
 INPUTS = {
+    "check": {Path("params.yaml")},
     "data": {layout.VOC_TRAIN_AUG},
     "gain": {layout.DATASET},
     "seeds": {layout.DATASET, layout.GAIN_MODEL},

@@ -394,5 +394,5 @@ def test_each_stage_script_reads_only_its_dvc_params():
             for n in ast.walk(tree)
             if isinstance(n, ast.Attribute) and isinstance(n.value, ast.Name) and n.value.id == "params"
         }
-        assert read, stage
+        assert read or not keys, stage  # `check` validates the whole file and reads no section
         assert read <= set(keys) | {"runtime"}, (stage, sorted(read - set(keys)))

@@ -348,7 +348,7 @@ def test_changing_a_sec_param_reruns_only_sec_and_evaluate(changed):
 def test_going_back_to_earlier_params_is_restored_from_the_run_cache(changed):
     """DVC's run-cache brings back sec's and evaluate's outputs for the earlier params without running."""
     repo, _, out = changed
-    assert "Running stage" not in out, out
+    assert re.findall(r"Running stage '(\w+)'", out) == ["check"], out  # params.yaml changed: validated
     assert "Stage 'sec' is cached - skipping run, checking out outputs" in out
     assert "Stage 'evaluate' is cached - skipping run, checking out outputs" in out
     assert len(runs_by_stage(repo)["sec"]) == 2  # no third MLflow run: nothing ran
@@ -361,7 +361,19 @@ def test_runtime_knobs_are_not_dvc_params(pipeline, tmp_path):
     shutil.copytree(pipeline[0], repo, symlinks=True)
     write_params(repo, {"runtime": {"workers": 1, "sec_ckpt_every": 3, "vis_images": 1, "crf_workers": 1}})
     write_params(repo, {"runtime": {"mlflow": {"experiment": "elsewhere"}}})
-    assert "Running stage" not in dvc(repo, "repro").stdout
+    assert re.findall(r"Running stage '(\w+)'", dvc(repo, "repro").stdout) == ["check"]
+
+
+def test_an_unknown_top_level_key_stops_dvc_repro_in_one_line(pipeline, tmp_path):
+    """No stage reads `sed`, so none would run: the `check` stage validates the whole file on every change."""
+    repo = tmp_path / "repo"
+    shutil.copytree(pipeline[0], repo, symlinks=True)
+    with open(repo / "params.yaml", "a") as f:
+        f.write("sed: 1\n")
+    res = dvc(repo, "repro", check=False)
+    assert res.returncode != 0
+    assert "error: params.yaml: sed: unknown key; did you mean seed?" in res.stderr + res.stdout
+    assert re.findall(r"Running stage '(\w+)'", res.stdout) == ["check"]
 
 
 def test_compare_tables_one_row_per_pipeline_run(changed):

@@ -174,6 +174,19 @@ def test_failed_stage_marks_the_run_failed_and_writes_no_pointer(mlflow_uri, tmp
     assert not (tmp_repo / "runs" / "data.json").exists()
 
 
+def test_an_interrupted_stage_and_its_pipeline_run_are_both_killed(mlflow_uri, tmp_repo, params):
+    """Ctrl-C tells one story in MLflow: the stage run and its pipeline run are both KILLED."""
+    with pytest.raises(KeyboardInterrupt):
+        with stage_run("data", params) as run:
+            run_id = run.run_id
+            raise KeyboardInterrupt
+    client = client_for(mlflow_uri)
+    r = client.get_run(run_id)
+    assert r.info.status == "KILLED"
+    assert client.get_run(r.data.tags["mlflow.parentRunId"]).info.status == "KILLED"
+    assert not (tmp_repo / "runs" / "data.json").exists()
+
+
 def test_pipeline_run_is_running_while_a_stage_runs_and_reopened_by_the_next(mlflow_uri, monkeypatch, params):
     """Each stage reopens its pipeline run and closes it when it ends, so a pipeline stopped after any stage
     is not left RUNNING; the stage runs keep their own names."""
@@ -454,3 +467,16 @@ def test_stage_run_against_a_real_server(mlflow_server, tmp_repo, monkeypatch, p
     got = Path(client.download_artifacts(run_id, "data/stats.json", str(tmp_repo / "dl")))
     assert json.loads(got.read_text()) == {"images": 5}
     assert json.loads((tmp_repo / "runs" / "data.json").read_text())["tracking_uri"] == mlflow_server
+
+
+@pytest.mark.parametrize("damage", ["truncated", "not_sqlite"])
+def test_a_damaged_store_is_one_line_naming_the_file_and_what_to_do(mlflow_uri, tmp_repo, params, damage):
+    db = Path(mlflow_uri.removeprefix("sqlite:///"))
+    data = db.read_bytes()
+    db.write_bytes(data[: len(data) // 2] if damage == "truncated" else b"<html>not a database</html>" * 10)
+    with pytest.raises(TrackingError) as e:
+        with stage_run("data", params):
+            pass
+    message = str(e.value)
+    assert message.startswith(f"{db}: ") and "\n" not in message
+    assert f"mv {db} {db}.broken" in message and "SELECT" not in message

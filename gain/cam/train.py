@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
 
@@ -53,12 +53,14 @@ def train_gain(
     knobs: RuntimeParams,
     ckpt_dir: Path,
     fingerprint: str,
+    outputs: Sequence[Path] = (),
     figure_dir: Path | None = None,
     extra_eval: Callable[[torch.nn.Module], dict] | None = None,
 ) -> tuple[FitResult, torch.nn.Module]:
     """Train GAIN; -> (FitResult, the GAIN module). Resume checkpoints go to ckpt_dir; the attention figure
     of the latest epoch to figure_dir/attention.png. `extra_eval(gain_module)` adds its metrics to every
-    epoch's evaluation (the study's per-epoch diagnostics).
+    epoch's evaluation (the study's per-epoch diagnostics). `outputs`: the stage's files, checked writable
+    with room on disk before the first step (see `fit`).
 
     `p.select`: "last" ships the last step (the paper); "heldout" carves `p.heldout_fraction` of the
     training ids out of training and ships the epoch with the best mAP on them (`heldout_map`: image
@@ -118,6 +120,8 @@ def train_gain(
         select="heldout_map" if heldout_ids else None,
         desc="gain",
     )
-    result = fit(loop, schedule, rt=rt, tracker=tracker, ckpt_dir=ckpt_dir, fingerprint=fingerprint)
+    result = fit(
+        loop, schedule, rt=rt, tracker=tracker, ckpt_dir=ckpt_dir, fingerprint=fingerprint, outputs=outputs
+    )
     unwrap(model).load_state_dict(result.model_state)
     return result, unwrap(model)

@@ -104,10 +104,15 @@ def fetch(
 
     `dest` only ever appears complete and verified (renamed from `.part` on success). An existing `dest`
     is returned without network if its md5 matches (or if `md5` is None, since only verified downloads
-    are ever renamed onto `dest`).
+    are ever renamed onto `dest`). A complete download with another md5 is kept as `mismatched(dest, its
+    md5)` and named in the error, so correcting a mistyped md5 reuses it; an HTML body is refused.
     """
     dest = Path(dest)
     if dest.is_file() and (md5 is None or file_md5(dest) == md5):
+        return dest
+    kept = mismatched(dest, md5) if md5 is not None else None
+    if kept is not None and kept.is_file() and file_md5(kept, chunk_size) == md5:
+        os.replace(kept, dest)  # kept aside under a wrong md5 that has since been corrected
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
@@ -141,13 +146,34 @@ def fetch(
         except (http.client.HTTPException, OSError, ValueError) as e:
             raise DownloadError(f"{url}: {e!r}") from e
 
+    if _looks_like_html(part):
+        part.unlink()
+        raise DownloadError(
+            f"{url}: the server sent an HTML page, not the tar (an error or login page?); check the URL"
+        )
     if md5 is not None:
         actual = file_md5(part, chunk_size)
         if actual != md5:
-            part.unlink()
-            raise DownloadError(f"{url}: md5 mismatch for {dest.name}: expected {md5}, got {actual}")
+            kept = mismatched(dest, actual)
+            os.replace(part, kept)
+            raise DownloadError(
+                f"{url}: md5 mismatch for {dest.name}: expected {md5}, got {actual}; the download is kept as "
+                f"{kept}: if {actual} is the right md5, set it (data.voc_md5) and rerun, nothing is fetched again"
+            )
     os.replace(part, dest)
     return dest
+
+
+def mismatched(dest: Path, md5: str) -> Path:
+    """Where a download whose md5 is `md5` but not the expected one is kept: `<dest>.md5-<md5>`."""
+    return dest.with_name(f"{dest.name}.md5-{md5}")
+
+
+def _looks_like_html(path: Path) -> bool:
+    """True when a download starts like an HTML document (a server's error or login page sent with 200)."""
+    with open(path, "rb") as f:
+        head = f.read(512).lstrip().lower()
+    return head.startswith((b"<!doctype html", b"<html", b"<head", b"<body"))
 
 
 def download_first(urls: list[str], dest: Path, md5: str, **kw) -> Path:
@@ -157,7 +183,7 @@ def download_first(urls: list[str], dest: Path, md5: str, **kw) -> Path:
         try:
             return fetch(url, dest, md5, **kw)
         except DownloadError as e:
-            errors.append(f"  {url}: {e}")
+            errors.append(f"  {e}")  # each message names its URL
     listing = "\n".join(errors) if errors else "  (no URLs given)"
     raise DownloadError(f"could not download {Path(dest).name} from any URL:\n{listing}")
 
@@ -222,22 +248,33 @@ def safe_extract(archive: Path, target: Path) -> None:
             shutil.rmtree(staging)
 
 
-def prepare_voc(root: Path, urls: list[str], md5: str, *, progress: bool = True) -> Path:
-    """Ensure `root/VOCdevkit/VOC2012` holds the VOC 2012 trainval devkit; return that path.
+SOURCE_RECORD = "source.md5"  # in VOCdevkit/: the md5 of the tar the devkit was extracted from
 
-    Downloads `VOC_TAR_NAME` into `root/downloads` (kept, so a rerun skips the network) unless the devkit's
-    JPEGImages already exists.
+
+def prepare_voc(root: Path, urls: list[str], md5: str, *, progress: bool = True) -> Path:
+    """Ensure `root/VOCdevkit/VOC2012` holds the VOC 2012 trainval devkit extracted from the tar whose md5
+    is `md5`; return that path.
+
+    Downloads `VOC_TAR_NAME` into `root/downloads` (kept, so a rerun skips the network). The extracted devkit
+    records its tar's md5 (`VOCdevkit/source.md5`) and is extracted again when `md5` differs from it; a
+    devkit without a record is used as it is unless a downloaded tar lies beside it (then it came from an
+    earlier extraction and is redone from the verified tar). `root` gets a `.gitignore` ignoring it all.
     """
     root = Path(root)
     devkit = root / "VOCdevkit"
     voc = devkit / "VOC2012"
-    if (voc / "JPEGImages").is_dir():
+    root.mkdir(parents=True, exist_ok=True)
+    ignore_folder(root)
+    record = devkit / SOURCE_RECORD
+    tar_path = root / "downloads" / VOC_TAR_NAME
+    recorded = record.read_text().strip() if record.is_file() else None
+    if (voc / "JPEGImages").is_dir() and (recorded == md5 or (recorded is None and not tar_path.exists())):
         return voc
     # os.replace cannot move a folder onto a non-empty one; fail before a 2 GB download, not after.
-    if devkit.exists() and any(devkit.iterdir()):
+    if devkit.exists() and recorded is None and not tar_path.exists() and any(devkit.iterdir()):
         raise DownloadError(f"{devkit}: exists but has no VOC2012/JPEGImages; move it aside and rerun")
 
-    tar = download_first(urls, root / "downloads" / VOC_TAR_NAME, md5, progress=progress)
+    tar = download_first(urls, tar_path, md5, progress=progress)
     extracted = root / "extracted"
     if extracted.exists():
         shutil.rmtree(extracted)  # an earlier run died between extraction and the move below
@@ -247,7 +284,20 @@ def prepare_voc(root: Path, urls: list[str], md5: str, *, progress: bool = True)
         for sub in VOC_REQUIRED:
             if not (extracted / "VOCdevkit" / "VOC2012" / sub).is_dir():
                 raise DownloadError(f"{tar}: missing folder VOCdevkit/VOC2012/{sub}")
+        (extracted / "VOCdevkit" / SOURCE_RECORD).write_text(md5 + "\n")
+        if devkit.exists():
+            print(
+                f"{devkit}: extracted from a tar with md5 {recorded or 'unknown'}; extracting {tar} ({md5})"
+            )
+            shutil.rmtree(devkit)
         os.replace(extracted / "VOCdevkit", devkit)
     finally:
-        shutil.rmtree(extracted)
+        shutil.rmtree(extracted, ignore_errors=True)
     return voc
+
+
+def ignore_folder(folder: Path) -> None:
+    """Write `folder/.gitignore` ignoring everything in it (a download cache never shows in `git status`)."""
+    ignore = folder / ".gitignore"
+    if not ignore.is_file():
+        ignore.write_text("# a download cache (gain.data.download): nothing here is tracked\n*\n")

@@ -44,7 +44,15 @@ def prepare_dataset(p: DataParams, seed: int, out: Path, *, repo: Path) -> tuple
         root, extra = _voc_root(p, repo), {}
         index, missing = voc_index(root, seed=seed, pixel_labelled=p.voc_pixel_labelled, labels=p.voc_labels)
         extra["train_aug_missing"] = missing
-    digest = validate(index)
+    try:
+        digest = validate(index)
+    except InputError as e:
+        if p.source != "voc" or p.voc_root:
+            raise
+        raise InputError(
+            f"{e}\n  (extracted from the tar with md5 {p.voc_md5} in data.voc_cache; if that tar is bad, "
+            "correct data.voc_urls and data.voc_md5: a devkit is extracted again when the md5 changes)"
+        ) from None
     return index.with_meta(digest=digest), statistics(index, extra)
 
 

@@ -62,6 +62,10 @@ def previous(path: Path) -> Path:
     return path.with_name(path.name + ".prev")
 
 
+def _unreadable(path: Path, e: Exception) -> str:
+    return f"{path}: unreadable checkpoint ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
+
+
 def load_checkpoint(path: str | os.PathLike) -> dict:
     """Load a checkpoint of plain data (weights_only=True); errors name the file and what to do."""
     path = Path(path)
@@ -70,25 +74,19 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise CheckpointError(
-            f"{path}: unreadable checkpoint ({type(e).__name__}: {e}); delete it and rerun the stage"
-        ) from e
+        raise CheckpointError(f"{_unreadable(path, e)}; delete it and rerun the stage") from e
 
 
-def load_resumable(path: Path) -> tuple[dict | None, str]:
-    """The newest readable resume checkpoint, `path` or else its `.prev` -> (state or None, what happened)."""
+def load_resumable(path: Path) -> tuple[dict | None, Path | None, str]:
+    """The newest readable resume checkpoint, `path` or else its `.prev` -> (state or None, the file it
+    came from, what was unreadable: "" or one line naming each such file, no advice, for the caller to
+    finish with what it does next)."""
     notes = []
     for candidate in (path, previous(path)):
         if not candidate.is_file():
             continue
         try:
-            state = load_checkpoint(candidate)
-        except CheckpointError as e:
-            notes.append(str(e))
-            continue
-        if notes:
-            notes.append(f"resuming from the earlier checkpoint {candidate} instead")
-        return state, "\n".join(notes)
-    if notes:
-        notes.append("no readable checkpoint is left; starting from scratch")
-    return None, "\n".join(notes)
+            return torch.load(candidate, map_location="cpu", weights_only=True), candidate, "; ".join(notes)
+        except Exception as e:
+            notes.append(_unreadable(candidate, e))
+    return None, None, "; ".join(notes)

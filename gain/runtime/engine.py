@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import os
 import random
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +27,7 @@ from gain.runtime.checkpoint import CheckpointError, load_checkpoint, load_resum
 from gain.runtime.errors import StageError
 from gain.runtime.io import atomic_path, write_json
 from gain.runtime.params import STAGE_PARAMS, Params, params_hash, section_dict
+from gain.runtime.preflight import check_training_outputs
 from gain.runtime.tracking import NullRun, stage_run
 
 
@@ -296,10 +297,39 @@ class FitResult:
     meta: dict  # Loop.meta
 
 
+def resume(model, optimizer, last_path: Path, fingerprint: str, *, total: int, rt: Runtime) -> tuple:
+    """Load the newest readable resume checkpoint written for `fingerprint` into model and optimizer (and
+    the RNGs); print one line saying what happened. -> (step, history, chosen), (0, [], None) from scratch."""
+    state, source, note = (None, None, "")
+    if rt.is_main or not dist.is_initialized():
+        state, source, note = load_resumable(last_path)
+    lead = f"{note}; " if note else ""
+    if state is not None and state.get("fingerprint") == fingerprint:
+        unwrap(model).load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        set_rng_state(state["rng"])
+        if rt.is_main:
+            print(f"{lead}resuming from {source} at step {state['step']}/{total}")
+        return state["step"], state["history"], state["chosen"]
+    if rt.is_main and (state is not None or note):
+        why = f"{source}: written for other params, inputs or code; " if state is not None else ""
+        print(f"{lead}{why}starting from scratch")
+    return 0, [], None
+
+
 def fit(
-    loop: Loop, schedule: Schedule, *, rt: Runtime, tracker, ckpt_dir: Path, fingerprint: str
+    loop: Loop,
+    schedule: Schedule,
+    *,
+    rt: Runtime,
+    tracker,
+    ckpt_dir: Path,
+    fingerprint: str,
+    outputs: Sequence[Path] = (),
 ) -> FitResult:
-    """Run (or resume) training to `schedule.total_steps`.
+    """Run (or resume) training to `schedule.total_steps`. Before the first step, the main process checks
+    that `outputs` (the stage's files) and the checkpoints can be written and fit on disk (gain.runtime.
+    preflight).
 
     `ckpt_dir/last.pt` (the resume point, its predecessor kept as last.pt.prev) is written every
     `ckpt_every` steps, after each evaluation and at the end, and resumed only if its `fingerprint` (params,
@@ -309,21 +339,11 @@ def fit(
     model, optimizer, s = loop.model, loop.optimizer, schedule
     ckpt_dir = Path(ckpt_dir)
     last_path, selected_path = ckpt_dir / "last.pt", ckpt_dir / "selected.pt"
-    start, history, chosen = 0, [], None
-    state, note = load_resumable(last_path) if rt.is_main or not dist.is_initialized() else (None, "")
-    if note and rt.is_main:
-        print(note)
-    if state is not None and state.get("fingerprint") == fingerprint:
-        unwrap(model).load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        set_rng_state(state["rng"])
-        start, history, chosen = state["step"], state["history"], state["chosen"]
-        if rt.is_main:
-            print(f"resuming from {last_path} at step {start}/{s.total_steps}")
-    elif state is not None and rt.is_main:
-        print(f"{last_path}: written for other params, inputs or code; starting from scratch")
+    start, history, chosen = resume(model, optimizer, last_path, fingerprint, total=s.total_steps, rt=rt)
     resumed_from = start
     per_epoch = steps_per_epoch(len(loop.dataset), s.batch_size, rt.world_size)
+    if rt.is_main:
+        check_training_outputs(unwrap(model), outputs, ckpt_dir, selects=s.select is not None)
 
     def checkpoint(step: int) -> None:
         if rt.is_main:
@@ -452,7 +472,8 @@ def write_training_reports(
     """The DVC reports of a training stage, also logged to MLflow: history.csv (validation curves: step,
     epoch where the stage has one, metrics), train_loss.csv (step, every `train/*` value the loop logged:
     losses and lr, for all steps also across a resume) and metrics.json (the shipped step's evaluation,
-    keys prefixed with `prefix`, and `extra`). Returns the metrics dict."""
+    keys prefixed with `prefix`, and `extra`). Returns the metrics dict. The caller logs the folder as an
+    artifact once the files are in place (inside `outputs_together` they are not yet)."""
     reports = Path(reports)
     with atomic_path(reports / "history.csv") as tmp:
         pd.DataFrame(result.history).to_csv(tmp, index=False)
@@ -462,7 +483,6 @@ def write_training_reports(
     final = {**chosen, **(extra or {})}
     write_json(reports / "metrics.json", final)
     tracker.log_metrics({k: v for k, v in final.items() if isinstance(v, int | float)})
-    tracker.log_artifact(reports)
     return final
 
 

@@ -2,42 +2,84 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from gain.runtime.errors import InputError
+from gain.runtime.errors import InputError, StageError
 
 FILE_MODE = 0o644
 
 
+# Inside `outputs_together`: the (temporary file, destination) pairs waiting to be renamed into place.
+_PENDING: ContextVar[list[tuple[Path, Path]] | None] = ContextVar("pending_outputs", default=None)
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds.
+    """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds (inside
+    `outputs_together`: when that block succeeds).
 
     A crash inside the block leaves any existing `path` untouched and no partial file behind. The file
     ends up 0644 like any file a user writes (mkstemp creates 0600, which other users and services such as
     a shared DVC cache or an MLflow server could not read).
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        raise _not_written(path, e) from e
     os.close(fd)
-    tmp = Path(tmp)
+    tmp, pending = Path(tmp), _PENDING.get()
     try:
         yield tmp
         os.chmod(tmp, FILE_MODE)
-        os.replace(tmp, path)
+        if pending is None:
+            os.replace(tmp, path)
+        else:
+            pending.append((tmp, path))
+    except OSError as e:
+        raise _not_written(path, e) from e
     finally:
-        if tmp.exists():
+        if tmp.exists() and (pending is None or (tmp, path) not in pending):
             tmp.unlink()
+
+
+def _not_written(path: Path, e: OSError) -> OSError | StageError:
+    """A full disk or a folder that refuses writes, as one line naming the file; other errors unchanged."""
+    if e.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.ENOTDIR, errno.EEXIST):
+        return e
+    why = "the disk is full" if e.errno in (errno.ENOSPC, errno.EDQUOT) else e.strerror
+    return StageError(f"{path}: not written ({why}); any earlier {path.name} is kept, unchanged")
+
+
+@contextmanager
+def outputs_together() -> Iterator[None]:
+    """All or none: every file written through `atomic_path` in this block stays a temporary file beside
+    its destination until the block ends, then all are renamed into place; if any write fails (a full
+    disk, a read-only folder) none is, so a model file is never replaced without its reports."""
+    pending: list[tuple[Path, Path]] = []
+    token = _PENDING.set(pending)
+    try:
+        yield
+    except BaseException:
+        for tmp, _ in pending:
+            tmp.unlink(missing_ok=True)
+        raise
+    finally:
+        _PENDING.reset(token)
+    for tmp, path in pending:
+        os.replace(tmp, path)
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:

@@ -29,6 +29,7 @@ PLOT_DATA = {
     "evaluate": [REPORTS / "per_class_iou.csv"],
 }
 OUTPUTS: dict[str, dict[str, list[Path]]] = {
+    "check": {"outs": [], "metrics": [], "plots": []},
     "data": {
         "outs": [DATASET, REPORTS / "data/stats.json"],
         "metrics": [],
@@ -55,3 +56,8 @@ OUTPUTS: dict[str, dict[str, list[Path]]] = {
         "plots": [REPORTS / "per_class_iou.png", REPORTS / "confusion.png", REPORTS / "qualitative.png"],
     },
 }
+
+
+def stage_files(stage: str) -> list[Path]:
+    """Every file or folder `stage` writes (its outs, metrics and plots)."""
+    return [path for paths in OUTPUTS[stage].values() for path in paths]

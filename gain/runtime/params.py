@@ -164,6 +164,7 @@ class Params:
 # The params each stage's outputs depend on; dvc.yaml lists exactly these (tests check both that and that
 # each stage script reads no other section). `runtime` is read by every stage and listed by none.
 STAGE_PARAMS: dict[str, tuple[str, ...]] = {
+    "check": (),  # validates the whole file, outputs nothing: depends on params.yaml as a file instead
     "data": ("seed", "data"),
     "gain": ("seed", "device", "deterministic", "gain"),
     "seeds": ("device", "seeds"),

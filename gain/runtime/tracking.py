@@ -94,6 +94,29 @@ def check_reachable(uri: str, timeout: float = 5.0) -> None:
         ) from None
 
 
+def check_sqlite_store(uri: str) -> None:
+    """Fail in one line naming the file when a `sqlite:///` store exists but is not a whole sqlite
+    database (truncated by a full disk or a copy cut short, or another file under that name)."""
+    if not uri.startswith("sqlite:///"):
+        return
+    path = Path(uri.removeprefix("sqlite:///"))
+    if not path.is_file() or path.stat().st_size == 0:
+        return
+    advice = f"move it aside (mv {path} {path}.broken) to start a new store, or put back a copy from a backup"
+    with open(path, "rb") as f:
+        header = f.read(100)
+    if not header.startswith(b"SQLite format 3\0") or len(header) < 100:
+        raise TrackingError(f"{path}: not an SQLite database, so not an MLflow store; {advice}")
+    page_size = int.from_bytes(header[16:18], "big")
+    page_size = 65536 if page_size == 1 else page_size
+    pages = int.from_bytes(header[28:32], "big")
+    valid = header[92:96] == header[24:28]  # the header's page count is current (SQLite >= 3.7.0 writers)
+    if valid and pages and path.stat().st_size < page_size * pages:
+        raise TrackingError(
+            f"{path}: truncated MLflow store ({path.stat().st_size:,} of {page_size * pages:,} bytes); {advice}"
+        )
+
+
 def _git(root: Path, *args: str) -> str | None:
     try:
         out = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=10)
@@ -466,13 +489,15 @@ def stage_run(stage: str, params: Params, *, enabled: bool = True) -> Iterator[N
     root = repo_root()
     uri = tracking_uri(params)
     check_reachable(uri)
+    check_sqlite_store(uri)
     mlflow.set_tracking_uri(uri)
-    client = MlflowClient(uri)
     try:
+        client = MlflowClient(uri)
         exp_id = _experiment_id(client, params.runtime.mlflow.experiment, root)
     except Exception as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise TrackingError(
-            f"MLflow store {uri}: cannot open experiment {params.runtime.mlflow.experiment!r} ({e})"
+            f"MLflow store {uri}: cannot open experiment {params.runtime.mlflow.experiment!r} ({first[:300]})"
         ) from e
 
     reap_dead_runs(client, exp_id)
@@ -514,7 +539,12 @@ def stage_run(stage: str, params: Params, *, enabled: bool = True) -> Iterator[N
             tracker = StageRun(
                 client, run.info.run_id, parent_id, stage, info, log_models=params.runtime.mlflow.log_models
             )
-            yield tracker
+            try:
+                yield tracker
+            except KeyboardInterrupt:
+                # mlflow's context would close an interrupted run as FAILED: one status, KILLED, for both
+                mlflow.end_run(status="KILLED")
+                raise
             if Path(KEY_OUTPUT[stage]).is_file():
                 mlflow.set_tag("output_digest", file_digest(KEY_OUTPUT[stage]))
             write_json(

@@ -17,6 +17,7 @@ divided by s: s = 12 on the 41x41 training grid, s = 1 at test time.
 from __future__ import annotations
 
 import multiprocessing
+import signal
 from dataclasses import dataclass, fields
 
 import numpy as np
@@ -150,11 +151,19 @@ class CRFResult:
         return self._done
 
 
+def _ignore_sigint() -> None:
+    """Pool worker initializer: Ctrl-C reaches the whole process group, and only the parent should react
+    (it closes the pool and reports one line); a worker that raised KeyboardInterrupt would print its own
+    `Process SpawnPoolWorker-N:` traceback after that line."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 class CRFPool:
     """Runs `dense_crf` over a batch in `processes` worker processes (0: inline, in the caller's process).
 
     Workers are started with "spawn": the caller is typically a torch process with live threads, which
-    fork would copy in an undefined state. Use as a context manager, or call `close()`.
+    fork would copy in an undefined state; they ignore SIGINT (see `_ignore_sigint`). Use as a context
+    manager, or call `close()`.
     """
 
     def __init__(self, processes: int, params: CRFParams = CRFParams()):
@@ -162,7 +171,11 @@ class CRFPool:
             raise ValueError(f"processes must be an int >= 0, got {processes!r}")
         self.processes = processes
         self.params = params
-        self._pool = multiprocessing.get_context("spawn").Pool(processes) if processes > 0 else None
+        self._pool = (
+            multiprocessing.get_context("spawn").Pool(processes, initializer=_ignore_sigint)
+            if processes > 0
+            else None
+        )
 
     def __enter__(self) -> CRFPool:
         return self

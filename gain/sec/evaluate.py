@@ -13,7 +13,7 @@ from torch.nn import functional as F
 from gain.data.dataset import VOCDataset
 from gain.evaluation.metrics import ConfusionMatrix
 from gain.runtime.engine import Runtime, eval_loader
-from gain.sec.crf import CRFPool
+from gain.sec.crf import CRFPool, CRFResult
 from gain.sec.scale import inference_crf_scale, resolve
 
 TEST_PROB_FLOOR = 1e-5  # SEC's demo floors the upsampled probabilities before the log of the CRF unary
@@ -42,6 +42,18 @@ def predict(model, dataset: VOCDataset, rt: Runtime, *, batch_size: int = 8):
 def crf_unary(probs: np.ndarray) -> np.ndarray:
     """The test-time CRF's log-probabilities from upsampled probabilities: log(max(p, 1e-5)), float32."""
     return np.log(np.maximum(probs, TEST_PROB_FLOOR)).astype(np.float32)
+
+
+def submit_crf(pool: CRFPool, image: np.ndarray, probs: np.ndarray, scale: float) -> CRFResult:
+    """Start SEC's test-time CRF on one image: (H, W, 3) uint8 and its upsampled probabilities (C, H, W)
+    from `predict`, the unary `crf_unary(probs)`, spatial stds divided by `scale`. `crf_labels` reads the
+    result. The evaluate stage and gain.predict both go through here."""
+    return pool.submit(np.ascontiguousarray(image)[None], crf_unary(probs)[None], scale)
+
+
+def crf_labels(job: CRFResult) -> np.ndarray:
+    """(H, W) uint8 argmax of a `submit_crf` job's marginals (waits for it)."""
+    return job.get()[0].argmax(0).astype(np.uint8)
 
 
 @dataclass
@@ -80,7 +92,7 @@ def evaluate_segmenter(
 
     def finish() -> None:
         gt, job, example = pending.popleft()
-        crf_pred = job.get()[0].argmax(0).astype(np.uint8)
+        crf_pred = crf_labels(job)
         scores.crf.update(gt, crf_pred)
         if example is not None:
             example["crf_pred"] = crf_pred
@@ -95,7 +107,7 @@ def evaluate_segmenter(
             scores.examples.append(example)
         if crf_pool is not None:
             scale = resolve(crf_scale, inference_crf_scale, gt.shape)
-            job = crf_pool.submit(item["orig_image"][None], crf_unary(probs)[None], scale)
+            job = submit_crf(crf_pool, item["orig_image"], probs, scale)
             pending.append((gt, job, example))
             while len(pending) > 2 * max(crf_pool.processes, 1):
                 finish()
@@ -128,14 +140,13 @@ def evaluate_attention_crf(
     cm = ConfusionMatrix(num_classes)
     pending: deque = deque()
     for item, attn, classes in attention:
-        probs = attention_probs(attn, classes, num_classes, fg_fraction=fg_fraction)
         gt = item["orig_mask"]
+        probs = attention_probs(attn, classes, num_classes, fg_fraction=fg_fraction)
         scale = resolve(crf_scale, inference_crf_scale, gt.shape)
-        pending.append((gt, pool.submit(item["orig_image"][None], crf_unary(probs)[None], scale)))
+        pending.append((gt, submit_crf(pool, item["orig_image"], probs, scale)))
         while len(pending) > 2 * max(pool.processes, 1):
             gt, job = pending.popleft()
-            cm.update(gt, job.get()[0].argmax(0).astype(np.uint8))
-    while pending:
-        gt, job = pending.popleft()
-        cm.update(gt, job.get()[0].argmax(0).astype(np.uint8))
+            cm.update(gt, crf_labels(job))
+    for gt, job in pending:
+        cm.update(gt, crf_labels(job))
     return cm.compute()["miou"]

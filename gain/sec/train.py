@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 
@@ -104,8 +105,10 @@ def train_sec(
     gain_model: Path | None,
     ckpt_dir: Path,
     fingerprint: str,
+    outputs: Sequence[Path] = (),
 ) -> tuple[FitResult, LargeFOV]:
     """Train SEC on the seed maps in `seeds_dir`; -> (FitResult, the network with the shipped weights).
+    `outputs`: the stage's files, checked writable with room on disk before the first step (see `fit`).
 
     `p.select`: "last" ships the last step (SEC); "heldout" carves `p.heldout_fraction` of the training ids
     that have masks (the seed-evaluation role) out of training and ships the evaluation step with the best
@@ -153,6 +156,14 @@ def train_sec(
             select="heldout_miou" if heldout_ids else None,
             desc="sec",
         )
-        result = fit(loop, schedule, rt=rt, tracker=tracker, ckpt_dir=ckpt_dir, fingerprint=fingerprint)
+        result = fit(
+            loop,
+            schedule,
+            rt=rt,
+            tracker=tracker,
+            ckpt_dir=ckpt_dir,
+            fingerprint=fingerprint,
+            outputs=outputs,
+        )
     unwrap(model).load_state_dict(result.model_state)
     return result, unwrap(model)
