@@ -39,6 +39,7 @@ HEADLINE = [
     "seed_miou",
     "sec_miou",
     "sec_crf_miou",
+    "attention_crf_miou",
 ]
 
 
@@ -219,6 +220,7 @@ def test_outputs_of_every_stage(pipeline):
         assert strict_json((repo / path).read_text())
     metrics = json.loads((repo / "reports/metrics.json").read_text())
     assert 0.0 <= metrics["sec_miou"] <= 1.0 and "sec_crf_miou" in metrics
+    assert 0.0 <= metrics["attention_crf_miou"] <= 1.0  # the CRF-alone reference row
     assert metrics["method"] == "GAIN"
     for name in (
         "per_class_iou.csv",
@@ -495,8 +497,9 @@ def test_two_queued_experiments_each_get_a_pipeline_run(experiments):
         run = runs[name]
         assert run.info.status == "FINISHED" and run.data.tags["dvc_exp_name"] == name
         assert run.data.params["evaluate.crf"] == "False" and "sec_crf_miou" not in run.data.metrics
+        assert "attention_crf_miou" not in run.data.metrics
         assert set(children(repo, run)) == {"evaluate"}  # only what evaluate.* changes
-        assert set(HEADLINE) - {"sec_crf_miou"} <= set(run.data.metrics)
+        assert set(HEADLINE) - {"sec_crf_miou", "attention_crf_miou"} <= set(run.data.metrics)
         assert run.data.params["gain.alpha"] == "1.0"  # queued from the committed params, not gradcam's
     assert subprocess.run(["git", "diff", "--quiet", "--", "params.yaml"], cwd=repo).returncode == 0
 

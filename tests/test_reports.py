@@ -47,6 +47,23 @@ def render_for(method: str, provenance: dict) -> str:
     )
 
 
+def test_report_puts_the_crf_on_attention_beside_sec_and_crf():
+    report = render(
+        dataset="synthetic",
+        method="GAIN",
+        metrics={"sec_miou": 0.25, "sec_crf_miou": 0.5, "sec_pixel_accuracy": 0.75, "attention_crf_miou": 0.375},
+        gain={"map": 0.5, "attn_miou": 0.25},
+        seeds={"seed_precision": 0.5, "seed_recall": 0.5, "labeled_fraction": 0.5, "seed_miou": 0.25,
+               "dense_miou": 0.2},
+        per_class=[],
+        provenance=PROVENANCE,
+        figures={},
+    )  # fmt: skip
+    row = next(line for line in report.splitlines() if line.startswith("| reference: the test-time CRF"))
+    assert "| 37.5 |" in row and "| **GAIN** (this run) | 25.0 | 50.0 |" in report
+    assert "reference:" not in render_for("GAIN", PROVENANCE)  # no row without the metric
+
+
 def test_report_uses_one_name_per_method():
     report = render_for("Grad-CAM", PROVENANCE)
     assert "Seeds from: **Grad-CAM**" in report

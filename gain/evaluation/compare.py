@@ -22,6 +22,7 @@ from gain.runtime.tracking import tracking_uri
 KEY_METRICS = [
     "sec_miou",
     "sec_crf_miou",
+    "attention_crf_miou",
     "seed_miou",
     "attn_miou",
     "seed_precision",
