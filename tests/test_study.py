@@ -83,6 +83,28 @@ def test_summary_matches_the_runs_that_ran(tiny_study):
     assert gc != ga
 
 
+def test_a_cached_run_without_the_sec_precision_is_scored_from_its_last_checkpoint(tiny_study):
+    """Runs recorded before sec_min_class_precision existed get it from their final SEC weights, equal to
+    what the run itself measured, without retraining."""
+    path = next((tiny_study / "work" / "runs").glob("gain-s0-*/result.json"))
+    original = strict_json(path)
+    stale = {
+        **original,
+        "metrics": {k: v for k, v in original["metrics"].items() if k != "sec_min_class_precision"},
+    }
+    path.write_text(json.dumps(stale))
+    before = {p: p.stat().st_mtime_ns for p in path.parent.rglob("*.pt")}
+    main(
+        ["--tiny", "--seeds", *map(str, SEEDS), "--methods", *METHODS, "--workers", "0", "--no-ablation",
+         "--out", str(tiny_study / "reports2"), "--work", str(tiny_study / "work")]
+    )  # fmt: skip
+    again = strict_json(path)
+    assert again["metrics"]["sec_min_class_precision"] == pytest.approx(
+        original["metrics"]["sec_min_class_precision"], abs=1e-9
+    )
+    assert {p: p.stat().st_mtime_ns for p in path.parent.rglob("*.pt")} == before  # nothing retrained
+
+
 def test_report_files(tiny_study):
     reports = tiny_study / "reports"
     for name in ("study.md", "attention_comparison.png", "timing.json"):

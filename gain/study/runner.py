@@ -31,6 +31,7 @@ from gain.runtime.params import Params, params_hash, parse_params
 from gain.runtime.tracking import NullRun
 from gain.sec.crf import CRFPool
 from gain.sec.evaluate import evaluate_segmenter
+from gain.sec.model import load_segmenter
 from gain.sec.train import train_sec
 from gain.seeds.extract import extract_seeds, image_cues
 from gain.seeds.quality import SeedQuality
@@ -59,6 +60,7 @@ METRICS = (
     "seed_labeled_fraction",
     "seed_miou",
     "sec_miou",
+    "sec_min_class_precision",
     "sec_crf_miou",
     "bias_object_only_accuracy",
     "bias_context_only_accuracy",
@@ -279,8 +281,31 @@ def run_sec_stage(params: Params, index: DatasetIndex, run_dir: Path, source: Pa
     )
     val = VOCDataset(index, index.splits["val"], eval_preset(params.sec.input_size), keep_original=True)
     with CRFPool(params.runtime.crf_workers) as pool:
-        s = evaluate_segmenter(model, val, CPU, crf_pool=pool, crf_scale=params.evaluate.crf_scale).summary()
-    return {"sec_miou": s["miou"], "sec_crf_miou": s["crf_miou"]}
+        scores = evaluate_segmenter(model, val, CPU, crf_pool=pool, crf_scale=params.evaluate.crf_scale)
+    s = scores.summary()
+    return {"sec_miou": s["miou"], "sec_crf_miou": s["crf_miou"], **class_precision(scores.plain, index)}
+
+
+def class_precision(cm, index: DatasetIndex) -> dict:
+    """{"sec_min_class_precision"}: the lowest per-class precision of raw SEC (no CRF) over the classes it
+    predicts (a blob-predicting net has low precision where its recall is high)."""
+    precision = np.asarray(cm.compute(index.classes)["precision"], dtype=float)
+    return {"sec_min_class_precision": float(np.nanmin(precision))}
+
+
+def backfill(result: dict, job: Job) -> dict:
+    """A finished run recorded before `sec_min_class_precision` existed: scored from its final SEC
+    checkpoint (run_dir/ckpt_sec/last.pt, the last step's weights) without retraining."""
+    if "sec" not in job.stages or "sec_min_class_precision" in result["metrics"]:
+        return result
+    model, p = load_segmenter(Path(job.run_dir) / "ckpt_sec" / "last.pt")
+    index = DatasetIndex.load(job.index_path)
+    if job.holdout:
+        index = heldout_index(index, job.holdout, job.data_seed)
+    val = VOCDataset(index, index.splits["val"], eval_preset(p["input_size"]), keep_original=True)
+    result["metrics"] |= class_precision(evaluate_segmenter(model, val, CPU).plain, index)
+    write_json(Path(job.run_dir) / "result.json", result)
+    return result
 
 
 def run_job(job: Job) -> dict:
@@ -288,7 +313,7 @@ def run_job(job: Job) -> dict:
     run_dir = Path(job.run_dir)
     done = run_dir / "result.json"
     if done.is_file():
-        return json.loads(done.read_text())
+        return backfill(json.loads(done.read_text()), job)
     torch.set_num_threads(1)
     params = parse_params(job.raw)
     index = DatasetIndex.load(job.index_path)
