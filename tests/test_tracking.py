@@ -1,4 +1,4 @@
-"""gain/tracking.py stage_run against real MLflow stores: a copied sqlite store per test, and one real
+"""gain/runtime/tracking.py stage_run against real MLflow stores: a copied sqlite store per test, and one real
 `mlflow server` process (e2e)."""
 
 from __future__ import annotations
