@@ -83,9 +83,11 @@ def test_the_plots_template_is_the_default_and_loads_nothing_from_the_network():
     assert TEMPLATE.stat().st_size < 3_000_000
 
 
-def test_plots_show_writes_an_offline_page_with_the_libraries_and_every_plot(tmp_path):
-    """`dvc plots show` in a repository with this project's .dvc/config, template and top-level plots."""
-    repo = tmp_path / "repo"
+@pytest.fixture(scope="module")
+def plots_page(tmp_path_factory) -> Path:
+    """`dvc plots show` in a repository with this project's .dvc/config, template and top-level plots.
+    -> the page DVC wrote."""
+    repo = tmp_path_factory.mktemp("plots") / "repo"
     (repo / ".dvc").mkdir(parents=True)
     for name in ("config", "plots.html"):
         shutil.copyfile(REPO / ".dvc" / name, repo / ".dvc" / name)
@@ -93,16 +95,35 @@ def test_plots_show_writes_an_offline_page_with_the_libraries_and_every_plot(tmp
     fake_plot_data(repo)
     subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
     dvc(repo, "plots", "show", "-o", "out")
-    page = (repo / "out" / "index.html").read_text()
+    return repo / "out" / "index.html"
+
+
+def test_plots_show_writes_an_offline_page_with_the_libraries_and_every_plot(plots_page):
+    page = plots_page.read_text()
     assert not NETWORK.search(page), NETWORK.search(page)
     for name, version, _, _ in PACKAGES:
         start = page.index(f"/* {name} {version} */")
         assert page.index("</script>", start) - start > 50_000, name  # the whole library, inline
-    titles = {next(iter(entry)): next(iter(entry.values()))["title"] for entry in DVC["plots"]}
     specs = plot_specs(page)
     drawn = {s["title"]["text"] if isinstance(s["title"], dict) else s["title"] for s in specs}
-    assert drawn == set(titles.values())
+    assert drawn == {next(iter(entry.values()))["title"] for entry in DVC["plots"]}
     assert all(s["data"]["values"] for s in specs)
+
+
+def test_a_headless_browser_without_network_draws_every_plot(plots_page):
+    """Rendered by Chromium with every network request sent to a closed port: each plot becomes a canvas."""
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser is None:
+        pytest.skip("no chromium here (Debian: apt-get install chromium)")
+    offline = ["--proxy-server=http://127.0.0.1:9", "--proxy-bypass-list=<-loopback>"]
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", *offline]
+    res = subprocess.run(
+        [browser, *flags, "--virtual-time-budget=10000", "--dump-dom", plots_page.as_uri()],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr[-2000:]
+    canvases = re.findall(r'<canvas[^>]*class="marks"', res.stdout)
+    assert len(canvases) == len(plot_specs(plots_page.read_text())) == len(DVC["plots"])
 
 
 def test_a_tarball_that_is_not_the_pinned_one_is_refused(tmp_path):

@@ -50,6 +50,9 @@ KEY_OUTPUT = {
     "sec": SEC_MODEL,
     "evaluate": REPORTS / "report.md",
 }
+# The experiment tag by which MLflow 3's UI tells a machine-learning experiment (runs, metrics, models) from a
+# GenAI one (traces, evaluations); without it the UI may guess GenAI and open on traces.
+EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
 # Registered-model names of the networks a stage hands on.
 REGISTERED = {"gain": "gain-classifier", "sec": "sec-segmenter"}
 
@@ -236,18 +239,21 @@ def reap_dead_runs(client, exp_id: str) -> list[str]:
     return reaped
 
 
-def _experiment_id(client, name: str, root: Path) -> str:
+def experiment_id(client, name: str, root: Path) -> str:
+    """The id of experiment `name`, created with its artifacts under `root`/mlartifacts if missing, and marked
+    as a machine-learning experiment (EXPERIMENT_KIND), so MLflow's UI shows its runs, not a GenAI view."""
     exp = client.get_experiment_by_name(name)
-    if exp is not None:
-        return exp.experiment_id
-    location = (root / "mlartifacts" / name).as_uri()
-    try:
-        return client.create_experiment(name, artifact_location=location)
-    except Exception:  # another stage process created it first
-        exp = client.get_experiment_by_name(name)
-        if exp is None:
-            raise
-        return exp.experiment_id
+    if exp is None:
+        location = (root / "mlartifacts" / name).as_uri()
+        try:
+            return client.create_experiment(name, artifact_location=location, tags=dict([EXPERIMENT_KIND]))
+        except Exception:  # another stage process created it first
+            exp = client.get_experiment_by_name(name)
+            if exp is None:
+                raise
+    if exp.tags.get(EXPERIMENT_KIND[0]) != EXPERIMENT_KIND[1]:  # created before the tag was set
+        client.set_experiment_tag(exp.experiment_id, *EXPERIMENT_KIND)
+    return exp.experiment_id
 
 
 def _metric_values(metrics: dict) -> dict[str, float]:
@@ -559,7 +565,7 @@ def stage_run(stage: str, params: Params, *, enabled: bool = True) -> Iterator[N
     mlflow.set_tracking_uri(uri)
     try:
         client = MlflowClient(uri)
-        exp_id = _experiment_id(client, params.runtime.mlflow.experiment, root)
+        exp_id = experiment_id(client, params.runtime.mlflow.experiment, root)
     except Exception as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise TrackingError(
