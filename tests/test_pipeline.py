@@ -84,10 +84,14 @@ def without_provenance(report: str) -> str:
     return report.split("## How these numbers were produced")[0]
 
 
+# The shared pipeline's params on top of TINY: models logged to MLflow and registered.
+PIPELINE_PARAMS = {"runtime": {"mlflow": {"log_models": True}}}
+
+
 @pytest.fixture(scope="module")
 def pipeline(tmp_path_factory):
     """One full tiny pipeline (models logged to MLflow and registered), shared by the tests of this module."""
-    repo = make_repo(tmp_path_factory.mktemp("pipeline"), {"runtime": {"mlflow": {"log_models": True}}})
+    repo = make_repo(tmp_path_factory.mktemp("pipeline"), PIPELINE_PARAMS)
     first = dvc(repo, "repro")
     return repo, first
 
@@ -429,7 +433,7 @@ def test_rerun_from_scratch_gives_identical_outputs(pipeline, tmp_path):
     """Same params and seed on a fresh copy: every metrics file and the dvc.lock hashes are identical, except
     report.md's provenance (run ids, commit), which names this execution."""
     repo, _ = pipeline
-    other = make_repo(tmp_path / "again")
+    other = make_repo(tmp_path / "again", PIPELINE_PARAMS)  # the same params.yaml, which `check` depends on
     dvc(other, "repro")
     for path in METRICS:
         assert (repo / path).read_text() == (other / path).read_text(), path
