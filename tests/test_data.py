@@ -1,4 +1,4 @@
-"""The one dataset reader (gain/data.py, gain/voc.py, gain/transforms.py) on five real VOC 2012 images with
+"""The one dataset reader (gain/data/dataset.py, gain/data/voc.py, gain/data/transforms.py) on five real VOC 2012 images with
 their official masks, plus seeded paired-transform tests on a pattern whose mask follows from its pixels."""
 
 from __future__ import annotations

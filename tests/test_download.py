@@ -1,4 +1,4 @@
-"""gain/download.py against a real HTTP server on 127.0.0.1 serving a mini VOC-layout tarball."""
+"""gain/data/download.py against a real HTTP server on 127.0.0.1 serving a mini VOC-layout tarball."""
 
 from __future__ import annotations
 

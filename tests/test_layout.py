@@ -28,6 +28,18 @@ INPUTS = {
         layout.reports("gain") / "metrics.json",
         layout.reports("seeds") / "metrics.json",
     },
+    # Every stage's key output and metrics file: what the MLflow pipeline run is told about.
+    "track": {
+        layout.DATASET,
+        layout.GAIN_MODEL,
+        layout.SEC_MODEL,
+        layout.REPORTS / "report.md",
+        *(
+            path
+            for stage in ("gain", "seeds", "sec", "evaluate")
+            for path in layout.OUTPUTS[stage]["metrics"]
+        ),
+    },
 }
 
 

@@ -1,4 +1,4 @@
-"""gain/params.py: params.yaml loads into typed frozen sections; every bad value is an error that names the
+"""gain/runtime/params.py: params.yaml loads into typed frozen sections; every bad value is an error that names the
 dotted key and the file; each dvc.yaml stage lists exactly the params sections its script reads."""
 
 from __future__ import annotations

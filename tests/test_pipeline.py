@@ -85,10 +85,14 @@ def without_provenance(report: str) -> str:
     return report.split("## How these numbers were produced")[0]
 
 
+# The shared pipeline's params on top of TINY: models logged to MLflow and registered.
+PIPELINE_PARAMS = {"runtime": {"mlflow": {"log_models": True}}}
+
+
 @pytest.fixture(scope="module")
 def pipeline(tmp_path_factory):
     """One full tiny pipeline (models logged to MLflow and registered), shared by the tests of this module."""
-    repo = make_repo(tmp_path_factory.mktemp("pipeline"), {"runtime": {"mlflow": {"log_models": True}}})
+    repo = make_repo(tmp_path_factory.mktemp("pipeline"), PIPELINE_PARAMS)
     first = dvc(repo, "repro")
     return repo, first
 
@@ -350,11 +354,45 @@ def test_changing_a_sec_param_reruns_only_sec_and_evaluate(changed):
 def test_going_back_to_earlier_params_is_restored_from_the_run_cache(changed):
     """DVC's run-cache brings back sec's and evaluate's outputs for the earlier params without running."""
     repo, _, out = changed
-    assert re.findall(r"Running stage '(\w+)'", out) == ["check"], out  # params.yaml changed: validated
+    # params.yaml changed: validated; results changed: `track` finds no pipeline run to annotate
+    assert re.findall(r"Running stage '(\w+)'", out) == ["check", "track"], out
+    assert "track: no stage ran in this pipeline" in out
     assert "Stage 'sec' is cached - skipping run, checking out outputs" in out
     assert "Stage 'evaluate' is cached - skipping run, checking out outputs" in out
     assert len(runs_by_stage(repo)["sec"]) == 2  # no third MLflow run: nothing ran
     assert dvc(repo, "status").stdout.strip() == "Data and pipelines are up to date."
+
+
+def test_a_pipeline_run_names_the_runs_behind_stages_restored_from_the_run_cache(changed, tmp_path):
+    """sec re-runs (its script changed, not its result) while evaluate comes back from DVC's run-cache: the
+    pipeline run tags every stage it did not run with the run that produced its outputs and carries the
+    headline metrics of the outputs now in the workspace."""
+    repo = tmp_path / "repo"
+    shutil.copytree(changed[0], repo, symlinks=True)
+    write_params(repo, {"sec": {"lr": 0.001}})  # the workspace holds sec.lr=0.001's outputs again
+    dvc(repo, "repro")
+    write_params(repo, {"sec": {"lr": 0.002}})
+    with open(repo / "stages/sec.py", "a") as f:
+        f.write("# an edit that changes sec's code dependency, not its model\n")
+    out = dvc(repo, "repro").stdout
+    assert re.findall(r"Running stage '(\w+)'", out) == ["check", "sec", "track"], out
+    assert "Stage 'evaluate' is cached - skipping run, checking out outputs" in out
+    runs = runs_by_stage(repo)
+    latest = max(runs["sec"], key=lambda r: r.info.start_time)
+    parent = client_of(repo).get_run(latest.data.tags["mlflow.parentRunId"])
+    assert set(children(repo, parent)) == {"sec"}
+    first = min(runs["evaluate"], key=lambda r: r.info.start_time)  # the first pipeline's, sec.lr=0.002
+    tags = parent.data.tags
+    assert tags["restored"] == "data,gain,seeds,evaluate" and "restored.sec" not in tags
+    assert tags["restored.evaluate"] == first.info.run_id
+    assert tags["restored.evaluate.pipeline"] == first.data.tags["pipeline_name"] != parent.info.run_name
+    for stage in ("data", "gain", "seeds"):
+        (run,) = runs[stage]
+        assert tags[f"restored.{stage}"] == run.info.run_id, stage
+    evaluate = json.loads((repo / "reports/metrics.json").read_text())
+    assert set(HEADLINE) <= set(parent.data.metrics)
+    assert parent.data.metrics["sec_miou"] == evaluate["sec_miou"] == first.data.metrics["sec_miou"]
+    assert "restored by DVC: data (run" in out
 
 
 def test_runtime_knobs_are_not_dvc_params(pipeline, tmp_path):
@@ -397,7 +435,7 @@ def test_rerun_from_scratch_gives_identical_outputs(pipeline, tmp_path):
     """Same params and seed on a fresh copy: every metrics file and the dvc.lock hashes are identical, except
     report.md's provenance (run ids, commit), which names this execution."""
     repo, _ = pipeline
-    other = make_repo(tmp_path / "again")
+    other = make_repo(tmp_path / "again", PIPELINE_PARAMS)  # the same params.yaml, which `check` depends on
     dvc(other, "repro")
     for path in METRICS:
         assert (repo / path).read_text() == (other / path).read_text(), path
@@ -525,7 +563,8 @@ def test_plots_diff_between_two_experiments_shows_both(experiments):
     assert {p["revisions"][0] for p in shown["reports/qualitative.png"]} == set(revs)
     out = repo / "diff_html"
     dvc(repo, "plots", "diff", *revs, "-o", str(out))
-    assert (out / "index.html").is_file()
+    page = (out / "index.html").read_text()
+    assert "/* vega-embed " in page and "cdn.jsdelivr" not in page  # .dvc/plots.html: works offline
 
 
 def test_compare_labels_each_pipeline_run_by_its_name(experiments, monkeypatch):

@@ -215,8 +215,9 @@ def test_gain_step_l_cl_is_the_multilabel_loss_of_the_image_logits(gain_batch):
 
 def test_gain_step_l_am_scores_each_class_on_its_own_erased_image(gain_batch):
     """L_am = mean over (image, class) pairs of sigmoid(score of that class on I*c): recomputed here from
-    the masked images the forward built; the wrong class or the unmasked image give other values."""
-    net = gain_net()
+    the masked images the forward built; the wrong class or the unmasked image give other values. sigma 0.5:
+    a soft mask that erases enough of these tiny images for the unmasked score to differ."""
+    net = gain_net(sigma=0.5)
     x, y = gain_batch["image"], gain_batch["label"]
     out = net(x, y)
     with torch.no_grad():
@@ -224,7 +225,7 @@ def test_gain_step_l_am_scores_each_class_on_its_own_erased_image(gain_batch):
         own = masked_logits.gather(1, out["pair_class"][:, None])[:, 0]
         other = masked_logits.gather(1, ((out["pair_class"] + 1) % 3)[:, None])[:, 0]
         unmasked = net.classifier(x)[out["pair_image"], out["pair_class"]]
-    step = gain_step_losses(gain_net(), gain_batch, gain_params(alpha=1.0), CPU)
+    step = gain_step_losses(gain_net(sigma=0.5), gain_batch, gain_params(alpha=1.0), CPU)
     assert close(step["am"], torch.sigmoid(own).mean())
     assert not close(step["am"], torch.sigmoid(other).mean())
     assert not close(step["am"], torch.sigmoid(unmasked).mean())

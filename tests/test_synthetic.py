@@ -1,4 +1,4 @@
-"""Tests for gain/synthetic.py: VOC layout, determinism, context bias, parts, config checks, atomic replace."""
+"""Tests for gain/data/synthetic.py: VOC layout, determinism, context bias, parts, config checks, atomic replace."""
 
 from __future__ import annotations
 

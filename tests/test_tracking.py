@@ -1,4 +1,4 @@
-"""gain/tracking.py stage_run against real MLflow stores: a copied sqlite store per test, and one real
+"""gain/runtime/tracking.py stage_run against real MLflow stores: a copied sqlite store per test, and one real
 `mlflow server` process (e2e)."""
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from gain.runtime.params import (
 )
 from gain.runtime.tracking import (
     DVC_PARAMS,
+    EXPERIMENT_KIND,
     NullRun,
     StageRun,
     TrackingError,
@@ -35,6 +36,7 @@ from gain.runtime.tracking import (
     method_name,
     param_overrides,
     reap_dead_runs,
+    record_pipeline,
     repo_root,
     stage_run,
 )
@@ -330,6 +332,44 @@ def test_provenance_finds_the_run_behind_each_output(mlflow_uri, tmp_repo, monke
     assert "data" not in prov["stages"]  # no output, no run
     assert prov["parent_run_id"] == run.parent_id and prov["pipeline_name"].startswith("GAIN-")
     assert prov["tracking_uri"] == mlflow_uri and prov["git_commit"] == "unknown"
+
+
+def test_a_pipeline_run_names_the_run_behind_an_output_it_did_not_produce(
+    mlflow_uri, tmp_repo, monkeypatch, params
+):
+    """gain ran in an earlier pipeline; this pipeline ran only seeds (DVC restored or kept gain's model): the
+    pipeline run is tagged with gain's run and carries both stages' metrics files; `track`'s pass over every
+    stage finds the same, and a pipeline in which no stage ran has no run to annotate."""
+    model, reports = tmp_repo / "models/gain/model.pt", tmp_repo / "reports"
+    model.parent.mkdir(parents=True)
+    (reports / "gain").mkdir(parents=True)
+    (reports / "seeds").mkdir(parents=True)
+    monkeypatch.setenv("GAIN_PIPELINE_ID", "pipe-gain")
+    with stage_run("gain", params) as run:
+        model.write_bytes(b"weights")
+        (reports / "gain/metrics.json").write_text('{"map": 0.5, "method": "GAIN"}')
+        gain_run = run.run_id
+    monkeypatch.setenv("GAIN_PIPELINE_ID", "pipe-seeds")
+    with stage_run("seeds", params) as run:
+        (reports / "seeds/metrics.json").write_text('{"seed_miou": 0.25}')
+        parent_id, seeds_run = run.parent_id, run.run_id
+    client = client_for(mlflow_uri)
+    parent = client.get_run(parent_id)
+    assert parent.data.tags["restored"] == "gain" and parent.data.tags["restored.gain"] == gain_run
+    assert (
+        parent.data.tags["restored.gain.pipeline"]
+        == f"GAIN-{client.get_run(gain_run).data.tags['mlflow.parentRunId'][:8]}"
+    )
+    assert parent.data.metrics == {"map": 0.5, "seed_miou": 0.25}
+    assert (
+        "restored" not in client.get_run(client.get_run(gain_run).data.tags["mlflow.parentRunId"]).data.tags
+    )
+    assert record_pipeline(params) == {"gain": gain_run}  # still pipe-seeds; seeds is its own
+    assert client.get_run(seeds_run).data.tags["pipeline_id"] == "pipe-seeds"
+    monkeypatch.setenv("GAIN_PIPELINE_ID", "pipe-nothing-ran")
+    assert record_pipeline(params) is None
+    exp = client.get_experiment(parent.info.experiment_id)
+    assert exp.tags[EXPERIMENT_KIND[0]] == EXPERIMENT_KIND[1]  # MLflow's UI shows runs, not GenAI views
 
 
 def test_null_run_logs_nothing_anywhere(tmp_repo):

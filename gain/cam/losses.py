@@ -1,4 +1,4 @@
-"""GAIN's losses as pure functions of tensors (the SEC losses live in gain/sec_losses.py)."""
+"""GAIN's losses as pure functions of tensors (the SEC losses live in gain/sec/losses.py)."""
 
 from __future__ import annotations
 

@@ -103,13 +103,15 @@ class GAIN(nn.Module):
     on normalised input); "black": they become black in RGB. am_grad "all": L_am trains every weight through
     both streams (Eq. 6 read literally); "mask": S_am's forward uses detached weights, so L_am changes the
     network only through the attention map T(A) and cannot teach the classifier to score masked images low.
+    The keyword defaults are params.yaml's `gain` values (tests/test_defaults.py keeps them equal); the
+    pipeline passes them all (build_gain).
     """
 
     def __init__(
         self,
         classifier: Classifier,
         *,
-        sigma: float = 0.5,
+        sigma: float = 0.7,
         omega: float = 10.0,
         differentiable: bool = True,
         masked_bn: str = "batch",

@@ -109,7 +109,7 @@ class SyntheticConfig:
     seed: int = 0
 
     def __post_init__(self):
-        # Same ranges as gain/params.py SyntheticParams, so any accepted params.yaml is a valid config.
+        # Same ranges as gain/runtime/params.py SyntheticParams, so any accepted params.yaml is a valid config.
         n, t = self.num_classes, self.n_train
         ints = {
             "num_classes": (2, len(CLASS_NAMES)),

@@ -55,6 +55,7 @@ OUTPUTS: dict[str, dict[str, list[Path]]] = {
         "metrics": [REPORTS / "metrics.json"],
         "plots": [REPORTS / "per_class_iou.png", REPORTS / "confusion.png", REPORTS / "qualitative.png"],
     },
+    "track": {"outs": [], "metrics": [], "plots": []},
 }
 
 

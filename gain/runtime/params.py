@@ -170,6 +170,7 @@ STAGE_PARAMS: dict[str, tuple[str, ...]] = {
     "seeds": ("device", "seeds"),
     "sec": ("seed", "device", "deterministic", "sec"),
     "evaluate": ("device", "seeds", "evaluate"),
+    "track": (),  # annotates the MLflow pipeline run, writes nothing
 }
 
 

@@ -6,7 +6,10 @@ Tracking store: `MLFLOW_TRACKING_URI` if set, else params `runtime.mlflow.tracki
 into their temporary copy.
 
 The parent run is the unit of comparison: it is named after the DVC experiment (or method + short id), carries
-every DVC param, the git commit and command, the dataset and, once `evaluate` ends, the headline metrics.
+every DVC param, the git commit and command, the dataset and the headline metrics (each stage copies its own
+and earlier stages' metrics files when it ends). Stages whose outputs DVC restored from its run-cache (or
+kept as up to date) run no code, so the pipeline run names the run that produced each of them
+(`restored.<stage>`); the `track` stage, after `evaluate`, records the restored later stages the same way.
 Each stage reopens it (RUNNING) and closes it again when it ends (FINISHED, or FAILED if the stage failed),
 so a pipeline stopped after any stage is left closed; a stage killed outright leaves both runs RUNNING until
 the next stage on this host marks them KILLED (`reap_dead_runs`).
@@ -30,21 +33,26 @@ from pathlib import Path
 import yaml
 
 from gain.runtime.errors import StageError
-from gain.runtime.io import file_digest, write_json
-from gain.runtime.layout import CHECKPOINTS, GAIN_MODEL, INDEX, REPORTS, RUNS, SEC_MODEL
+from gain.runtime.io import file_digest, read_json, write_json
+from gain.runtime.layout import CHECKPOINTS, GAIN_MODEL, INDEX, OUTPUTS, REPORTS, RUNS, SEC_MODEL
 from gain.runtime.params import STAGE_PARAMS, Params, flatten, params_hash, parse_params, section_dict
 
 # Every section that is a DVC param (the pipeline's inputs besides code and data), in params.yaml order.
 DVC_PARAMS = tuple(dict.fromkeys(k for keys in STAGE_PARAMS.values() for k in keys))
-# The file whose digest identifies what a stage run produced (tag `output_digest`): a later stage, or the
-# report, finds the run behind an output even when DVC restored that output from its cache.
+# The file whose digest identifies what a stage run produced (tag `output_digest`): a later stage, the
+# report or the `track` stage finds the run behind an output even when DVC restored that output from its
+# cache (the latest run that wrote those bytes). evaluate: report.md, which names its own run, so two
+# evaluations with equal metrics are still told apart.
 KEY_OUTPUT = {
     "data": INDEX,
     "gain": GAIN_MODEL,
     "seeds": REPORTS / "seeds/metrics.json",
     "sec": SEC_MODEL,
-    "evaluate": REPORTS / "metrics.json",
+    "evaluate": REPORTS / "report.md",
 }
+# The experiment tag by which MLflow 3's UI tells a machine-learning experiment (runs, metrics, models) from a
+# GenAI one (traces, evaluations); without it the UI may guess GenAI and open on traces.
+EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
 # Registered-model names of the networks a stage hands on.
 REGISTERED = {"gain": "gain-classifier", "sec": "sec-segmenter"}
 
@@ -231,18 +239,21 @@ def reap_dead_runs(client, exp_id: str) -> list[str]:
     return reaped
 
 
-def _experiment_id(client, name: str, root: Path) -> str:
+def experiment_id(client, name: str, root: Path) -> str:
+    """The id of experiment `name`, created with its artifacts under `root`/mlartifacts if missing, and marked
+    as a machine-learning experiment (EXPERIMENT_KIND), so MLflow's UI shows its runs, not a GenAI view."""
     exp = client.get_experiment_by_name(name)
-    if exp is not None:
-        return exp.experiment_id
-    location = (root / "mlartifacts" / name).as_uri()
-    try:
-        return client.create_experiment(name, artifact_location=location)
-    except Exception:  # another stage process created it first
-        exp = client.get_experiment_by_name(name)
-        if exp is None:
-            raise
-        return exp.experiment_id
+    if exp is None:
+        location = (root / "mlartifacts" / name).as_uri()
+        try:
+            return client.create_experiment(name, artifact_location=location, tags=dict([EXPERIMENT_KIND]))
+        except Exception:  # another stage process created it first
+            exp = client.get_experiment_by_name(name)
+            if exp is None:
+                raise
+    if exp.tags.get(EXPERIMENT_KIND[0]) != EXPERIMENT_KIND[1]:  # created before the tag was set
+        client.set_experiment_tag(exp.experiment_id, *EXPERIMENT_KIND)
+    return exp.experiment_id
 
 
 def _metric_values(metrics: dict) -> dict[str, float]:
@@ -419,26 +430,87 @@ class StageRun(NullRun):
         each stage the run that produced its current output (found by the output's digest)."""
         exp_id = self.client.get_run(self.run_id).info.experiment_id
         stages = {}
-        for stage, path in KEY_OUTPUT.items():
+        for stage in KEY_OUTPUT:
             if stage == self.stage:
                 stages[stage] = {"run_id": self.run_id, "pipeline_name": self.info["pipeline_name"]}
                 continue
-            if not Path(path).is_file():
-                continue
-            found = self.client.search_runs(
-                [exp_id],
-                filter_string=f"tags.stage = '{stage}' and tags.output_digest = '{file_digest(path)}'",
-                order_by=["attributes.start_time DESC"],
-                max_results=1,
-            )
-            if found:
-                tags = found[0].data.tags
+            found = producing_run(self.client, exp_id, stage)
+            if found is not None:
+                tags = found.data.tags
                 stages[stage] = {
-                    "run_id": found[0].info.run_id,
+                    "run_id": found.info.run_id,
                     "pipeline_name": tags.get("pipeline_name", ""),
                     "registered_model": tags.get("registered_model", ""),
                 }
         return {**self.info, "parent_run_id": self.parent_id, "stages": stages}
+
+
+def producing_run(client, exp_id: str, stage: str):
+    """The latest stage run of `stage` whose key output (KEY_OUTPUT) had the digest of the file in the
+    workspace now: the run that produced it, also when DVC restored the file from its run-cache. None when
+    the file is missing or no run tagged it."""
+    path = Path(KEY_OUTPUT[stage])
+    if not path.is_file():
+        return None
+    found = client.search_runs(
+        [exp_id],
+        filter_string=f"tags.stage = '{stage}' and tags.output_digest = '{file_digest(path)}'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
+    return found[0] if found else None
+
+
+def record_outputs(client, exp_id: str, parent_id: str, stages: list[str]) -> dict[str, str]:
+    """Make the pipeline run `parent_id` tell the truth about the outputs of `stages` now in the workspace.
+
+    A stage whose output came from a run of another pipeline (DVC restored it from its run-cache, or kept it
+    as up to date) is tagged `restored.<stage>` = that run's id and `restored.<stage>.pipeline` = its
+    pipeline's name, and `restored` lists every such stage; the stages' metrics files (their headline
+    numbers) are copied onto the pipeline run, so it never shows fewer metrics than `dvc exp show`.
+    -> {stage: producing run id} of the restored stages among `stages`."""
+    from mlflow.entities import Metric, RunTag
+
+    pipeline = client.get_run(parent_id).data.tags.get("pipeline_id", "")
+    restored, tags, values = {}, [], {}
+    for stage in stages:
+        run = producing_run(client, exp_id, stage)
+        if run is not None and run.data.tags.get("pipeline_id") != pipeline:
+            restored[stage] = run.info.run_id
+            tags.append(RunTag(f"restored.{stage}", run.info.run_id))
+            tags.append(RunTag(f"restored.{stage}.pipeline", run.data.tags.get("pipeline_name", "")))
+        for path in OUTPUTS[stage]["metrics"]:
+            if Path(path).is_file():
+                values |= _metric_values(read_json(path))
+    if values or tags:
+        now = int(time.time() * 1000)
+        client.log_batch(parent_id, metrics=[Metric(k, v, now, 0) for k, v in values.items()], tags=tags)
+    known = client.get_run(parent_id).data.tags
+    listed = [s for s in KEY_OUTPUT if f"restored.{s}" in known]
+    if listed:
+        client.set_tag(parent_id, "restored", ",".join(listed))
+    return restored
+
+
+def record_pipeline(params: Params) -> dict[str, str] | None:
+    """For the `track` stage, which runs after `evaluate` whenever a stage's results changed: record every
+    stage's outputs on this pipeline's run (record_outputs). -> the restored stages and their runs, or None
+    when no stage of this pipeline logged a run (everything came from DVC's cache: nothing to annotate)."""
+    from mlflow.tracking import MlflowClient
+
+    uri = tracking_uri(params)
+    check_reachable(uri)
+    check_sqlite_store(uri)
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name(params.runtime.mlflow.experiment)
+    if exp is None:
+        return None
+    parents = client.search_runs(
+        [exp.experiment_id], filter_string=f"tags.pipeline_id = '{pipeline_id()}' and tags.kind = 'pipeline'"
+    )
+    if not parents:
+        return None
+    return record_outputs(client, exp.experiment_id, parents[0].info.run_id, list(KEY_OUTPUT))
 
 
 def _pipeline_run(client, exp_id: str, info: dict, params: Params) -> str:
@@ -493,7 +565,7 @@ def stage_run(stage: str, params: Params, *, enabled: bool = True) -> Iterator[N
     mlflow.set_tracking_uri(uri)
     try:
         client = MlflowClient(uri)
-        exp_id = _experiment_id(client, params.runtime.mlflow.experiment, root)
+        exp_id = experiment_id(client, params.runtime.mlflow.experiment, root)
     except Exception as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise TrackingError(
@@ -547,6 +619,9 @@ def stage_run(stage: str, params: Params, *, enabled: bool = True) -> Iterator[N
                 raise
             if Path(KEY_OUTPUT[stage]).is_file():
                 mlflow.set_tag("output_digest", file_digest(KEY_OUTPUT[stage]))
+            # This stage's and earlier stages' outputs are final now (later ones are not yet): on the
+            # pipeline run, their metrics and which of them came from earlier runs.
+            record_outputs(client, exp_id, parent_id, list(KEY_OUTPUT)[: list(KEY_OUTPUT).index(stage) + 1])
             write_json(
                 RUNS / f"{stage}.json",
                 {
