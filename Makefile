@@ -20,8 +20,8 @@ $(STAMP): requirements.lock
 
 # The whole test suite (unit, integration and the end-to-end DVC/MLflow/torchrun tests) plus lint.
 test: $(STAMP)
-	$(BIN)/ruff check gain stages tests benchmarks tools
-	$(BIN)/ruff format --check gain stages tests benchmarks tools
+	$(BIN)/ruff check gain stages tests benchmarks
+	$(BIN)/ruff format --check gain stages tests benchmarks
 	DVC_NO_ANALYTICS=1 $(BIN)/pytest -q
 
 # The method study (Grad-CAM / GAIN / GAIN_ext over 3 seeds, SEC's loss ablation, diagnostics): reports/study/.
@@ -38,9 +38,9 @@ mutation: $(STAMP)
 	mv reports/mutation.md.tmp reports/mutation.md
 
 # .dvc/plots.html (committed): the `dvc plots` page template with Vega, Vega-Lite and vega-embed inlined, rebuilt
-# from the npm registry at the versions and integrities pinned in tools/plots_template.py (needs npm).
+# from the npm registry at the versions and integrities pinned in gain/evaluation/plots_template.py (needs npm).
 plots-template: $(STAMP)
-	$(BIN)/python tools/plots_template.py
+	$(BIN)/python -m gain.evaluation.plots_template
 
 lock:
 	$(BIN)/pip freeze --exclude-editable | sed '1i # Pinned environment (pip freeze of a working install). Regenerate with: make lock' > requirements.lock

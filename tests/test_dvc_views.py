@@ -1,6 +1,6 @@
 """The DVC views people read (`dvc plots`, `dvc exp show`) as dvc.yaml declares them: every top-level plot
 is titled and labelled and draws a stage output, nothing disables the run-cache, and the `dvc plots` pages
-carry their own Vega libraries (.dvc/plots.html, built by tools/plots_template.py)."""
+carry their own Vega libraries (.dvc/plots.html, built by gain/evaluation/plots_template.py)."""
 
 from __future__ import annotations
 
@@ -14,11 +14,11 @@ from pathlib import Path
 import pytest
 import yaml
 
+from gain.evaluation.plots_template import PACKAGES, library, npm_pack
+from gain.evaluation.plots_template import main as build_template
 from gain.runtime import layout
 from tests.imports import REPO
 from tests.pipeline_utils import dvc
-from tools.plots_template import PACKAGES, library, npm_pack
-from tools.plots_template import main as build_template
 
 DVC = yaml.safe_load((REPO / "dvc.yaml").read_text())
 

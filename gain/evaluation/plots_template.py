@@ -2,8 +2,8 @@
 vega-embed inlined, so the pages DVC writes draw their plots without a network (DVC's own template loads
 the three from a CDN, and offline its pages are blank).
 
-    python tools/plots_template.py              # npm pack the pinned packages, check them, write the template
-    python tools/plots_template.py --from DIR   # the same from tarballs already in DIR (an offline rebuild)
+    python gain/evaluation/plots_template.py              # npm pack the pinned packages, check them, write the template
+    python gain/evaluation/plots_template.py --from DIR   # the same from tarballs already in DIR (an offline rebuild)
 
 The packages come from the npm registry at the versions and sha512 integrities pinned below (what
 `npm view <package>@<version> dist.integrity` prints); only their minified browser builds are inlined.
@@ -22,7 +22,7 @@ import tarfile
 import tempfile
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 TEMPLATE = REPO / ".dvc" / "plots.html"
 # name, version, npm dist.integrity, browser build inside the tarball; in load order (each needs the previous).
 PACKAGES = [
@@ -44,7 +44,7 @@ PAGE = """<!DOCTYPE html>
     {{refresh_tag}}
     <meta charset="utf-8">
     <title>DVC Plot</title>
-    <!-- Built by tools/plots_template.py: {names}, from npm, inlined (no network needed). -->
+    <!-- Built by gain/evaluation/plots_template.py: {names}, from npm, inlined (no network needed). -->
 {scripts}
     <style>
         table {{
