@@ -336,7 +336,8 @@ def bench_sec(params, rt, reps: Reps) -> dict:
             "batch_size": p.batch_size,
             "input_size": p.input_size,
             "crf_workers": params.runtime.crf_workers,
-            "crf_scale": p.crf_scale,  # "auto": gain.sec.scale's rule on the output grid
+            # the scale the step used: params' value, or gain.sec.scale's rule on the default 14x14 grid
+            "crf_scale": resolve(p.crf_scale, train_crf_scale, (CRF_CASES["14x14x7"][1],) * 2),
             "classes": num_fg + 1,
         },
         "raw_sec_ms": raw_ms(times),
