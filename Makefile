@@ -22,7 +22,7 @@ $(STAMP): requirements.lock
 test: $(STAMP)
 	$(BIN)/ruff check gain stages tests benchmarks
 	$(BIN)/ruff format --check gain stages tests benchmarks
-	DVC_NO_ANALYTICS=1 $(BIN)/pytest -q
+	DVC_NO_ANALYTICS=1 $(BIN)/pytest -q -n 2 --dist loadfile
 
 # The method study (Grad-CAM / GAIN / GAIN_ext over 3 seeds, SEC's loss ablation, diagnostics): reports/study/.
 # Two run processes with one torch thread each; finished runs under checkpoints/study/ are reused.
