@@ -56,6 +56,19 @@ def crf_labels(job: CRFResult) -> np.ndarray:
     return job.get()[0].argmax(0).astype(np.uint8)
 
 
+def in_flight(jobs, pool: CRFPool | None):
+    """Yield (key, crf_labels(job)) for an iterable of (key, submit_crf job), in order, pulling new jobs while
+    at most two per worker are in flight, so the workers are busy while the caller makes the next ones."""
+    pending: deque = deque()
+    for key, job in jobs:
+        pending.append((key, job))
+        while len(pending) > 2 * max(pool.processes, 1):
+            key, job = pending.popleft()
+            yield key, crf_labels(job)
+    for key, job in pending:
+        yield key, crf_labels(job)
+
+
 @dataclass
 class SegmentationScores:
     """Confusion matrices of one evaluation (`crf` None when the CRF was not run) and the first few
@@ -88,31 +101,24 @@ def evaluate_segmenter(
     are busy while the network predicts the next images."""
     n = dataset.index.num_classes
     scores = SegmentationScores(ConfusionMatrix(n), ConfusionMatrix(n) if crf_pool is not None else None)
-    pending: deque = deque()
 
-    def finish() -> None:
-        gt, job, example = pending.popleft()
-        crf_pred = crf_labels(job)
+    def jobs():
+        for item, probs in predict(model, dataset, rt):
+            gt = item["orig_mask"]
+            pred = probs.argmax(0).astype(np.uint8)
+            scores.plain.update(gt, pred)
+            example = None
+            if len(scores.examples) < n_examples:
+                example = {"item": item, "pred": pred, "crf_pred": None}
+                scores.examples.append(example)
+            if crf_pool is not None:
+                scale = resolve(crf_scale, inference_crf_scale, gt.shape)
+                yield (gt, example), submit_crf(crf_pool, item["orig_image"], probs, scale)
+
+    for (gt, example), crf_pred in in_flight(jobs(), crf_pool):
         scores.crf.update(gt, crf_pred)
         if example is not None:
             example["crf_pred"] = crf_pred
-
-    for item, probs in predict(model, dataset, rt):
-        gt = item["orig_mask"]
-        pred = probs.argmax(0).astype(np.uint8)
-        scores.plain.update(gt, pred)
-        example = None
-        if len(scores.examples) < n_examples:
-            example = {"item": item, "pred": pred, "crf_pred": None}
-            scores.examples.append(example)
-        if crf_pool is not None:
-            scale = resolve(crf_scale, inference_crf_scale, gt.shape)
-            job = submit_crf(crf_pool, item["orig_image"], probs, scale)
-            pending.append((gt, job, example))
-            while len(pending) > 2 * max(crf_pool.processes, 1):
-                finish()
-    while pending:
-        finish()
     return scores
 
 
@@ -137,16 +143,15 @@ def evaluate_attention_crf(
     makes of the seeds' dense attention without SEC). attention: iterable of (item, attn (K, H, W) at the
     image's resolution, classes (K,) 1-based: the image's ground-truth classes), e.g. the seeds stage's
     gain.seeds.extract.image_attention over the reported split."""
+
+    def jobs():
+        for item, attn, classes in attention:
+            gt = item["orig_mask"]
+            probs = attention_probs(attn, classes, num_classes, fg_fraction=fg_fraction)
+            scale = resolve(crf_scale, inference_crf_scale, gt.shape)
+            yield gt, submit_crf(pool, item["orig_image"], probs, scale)
+
     cm = ConfusionMatrix(num_classes)
-    pending: deque = deque()
-    for item, attn, classes in attention:
-        gt = item["orig_mask"]
-        probs = attention_probs(attn, classes, num_classes, fg_fraction=fg_fraction)
-        scale = resolve(crf_scale, inference_crf_scale, gt.shape)
-        pending.append((gt, submit_crf(pool, item["orig_image"], probs, scale)))
-        while len(pending) > 2 * max(pool.processes, 1):
-            gt, job = pending.popleft()
-            cm.update(gt, crf_labels(job))
-    for gt, job in pending:
-        cm.update(gt, crf_labels(job))
+    for gt, labels in in_flight(jobs(), pool):
+        cm.update(gt, labels)
     return cm.compute()["miou"]
