@@ -4,7 +4,7 @@
 # evaluation, decoding; the projected full run with `sec.train_crf: auto`'s choice on CUDA, the exact CRF;
 # GPU utilisation per part), then the default benchmarks on CUDA (--quick: SEC step and CRFs per second of
 # each backend at 14 x 14 and 41 x 41; the pipeline is not timed), with nvidia-smi sampling utilisation and
-# memory every 0.5 s throughout. bf16 autocast and channels_last as gain.runtime.engine.setup_runtime sets
+# memory every 0.5 s throughout. bf16 autocast and channels_last as gain.runtime.device.setup_runtime sets
 # them up for CUDA; DataLoader workers as params.yaml's runtime.workers (-1: sized from the cores).
 #
 #   bash benchmarks/gpu_check.sh [OUT_DIR]     # OUT_DIR defaults to reports/cuda

@@ -33,7 +33,7 @@ from gain.cam.model import Classifier
 from gain.cam.train import gain_step_losses
 from gain.data.dataset import VOCDataset
 from gain.data.transforms import eval_preset, train_preset
-from gain.runtime.engine import collate, epoch_loader, loader_workers
+from gain.runtime.loaders import collate, epoch_loader, loader_workers
 from gain.sec.crf import CRFParams, CRFPool
 from gain.sec.crf_exact import ExactCRF, train_crf_backend
 from gain.sec.evaluate import evaluate_segmenter

@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> dict | None:
     import torch
 
     from benchmarks import paper, report, suite
-    from gain.runtime.engine import seed_everything, setup_runtime
+    from gain.runtime.device import seed_everything, setup_runtime
     from gain.runtime.params import load_params
 
     if args.memory_child:

@@ -36,7 +36,8 @@ from benchmarks.workloads import (
 )
 from gain.cam.model import Classifier
 from gain.evaluation.metrics import ConfusionMatrix
-from gain.runtime.engine import collate, seed_everything, setup_runtime
+from gain.runtime.device import seed_everything, setup_runtime
+from gain.runtime.loaders import collate
 from gain.runtime.params import load_params
 from gain.sec.crf import CRFPool
 from gain.sec.crf_exact import ExactCRF

@@ -2,7 +2,7 @@
 plus the one thing the library does not have, the public GAIN code's pass structure.
 
 Training steps (forward and losses under autocast, then zero_grad, backward and the optimizer step, as
-gain.runtime.engine.fit does):
+gain.runtime.loop.fit does):
   plain          gain_step_losses(mine=False): the classification stream alone, L_cl (the warm-up step).
   gain           gain_step_losses with params' grad_weights.
   gain_detached  the same with grad_weights = "detached".
@@ -35,7 +35,9 @@ from gain.cam.train import gain_step_losses
 from gain.data.dataset import DatasetIndex, build_index
 from gain.data.synthetic import TEXTURES, SyntheticConfig, render_image
 from gain.data.transforms import to_tensor
-from gain.runtime.engine import Runtime, collate, sgd
+from gain.runtime.device import Runtime
+from gain.runtime.loaders import collate
+from gain.runtime.loop import sgd
 from gain.runtime.params import GainParams, SecParams
 from gain.sec.model import LargeFOV
 from gain.sec.train import sec_step_losses

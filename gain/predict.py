@@ -42,7 +42,7 @@ from gain.photos import expand_inputs, output_names, read_photo
 from gain.runtime import layout
 from gain.runtime.checkpoint import load_checkpoint
 from gain.runtime.cli import run_stage
-from gain.runtime.engine import setup_runtime
+from gain.runtime.device import setup_runtime
 from gain.runtime.errors import InputError, StageError
 from gain.runtime.io import atomic_path, save_palette_png, write_json
 from gain.runtime.params import load_params

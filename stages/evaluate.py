@@ -13,7 +13,7 @@ from gain.data.transforms import eval_preset
 from gain.evaluation.report import attention_crf_reference, qualitative_figure, write_evaluation
 from gain.runtime import layout
 from gain.runtime.cli import run_stage
-from gain.runtime.engine import setup_runtime
+from gain.runtime.device import setup_runtime
 from gain.runtime.io import read_json
 from gain.runtime.params import load_params
 from gain.runtime.tracking import method_name, stage_run

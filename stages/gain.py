@@ -10,9 +10,9 @@ from gain.cam.train import train_gain
 from gain.data.dataset import DatasetIndex
 from gain.runtime import layout
 from gain.runtime.cli import run_stage
-from gain.runtime.engine import save_model, stage_fingerprint, training_stage, write_training_reports
 from gain.runtime.io import outputs_together
 from gain.runtime.params import load_params
+from gain.runtime.stage import save_model, stage_fingerprint, training_stage, write_training_reports
 
 
 def main() -> None:

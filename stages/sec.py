@@ -7,9 +7,9 @@ from checkpoints/sec/last.pt when that was written for the same params, inputs a
 from gain.data.dataset import DatasetIndex
 from gain.runtime import layout
 from gain.runtime.cli import run_stage
-from gain.runtime.engine import save_model, stage_fingerprint, training_stage, write_training_reports
 from gain.runtime.io import file_digest, folder_digest, outputs_together
 from gain.runtime.params import load_params
+from gain.runtime.stage import save_model, stage_fingerprint, training_stage, write_training_reports
 from gain.sec.model import load_segmenter
 from gain.sec.train import train_sec
 

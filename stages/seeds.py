@@ -10,7 +10,7 @@ from gain.data.dataset import DatasetIndex
 from gain.evaluation.figures import grid_figure, save_figure
 from gain.runtime import layout
 from gain.runtime.cli import run_stage
-from gain.runtime.engine import setup_runtime
+from gain.runtime.device import setup_runtime
 from gain.runtime.io import atomic_path, write_json
 from gain.runtime.params import load_params
 from gain.runtime.tracking import stage_run

@@ -9,7 +9,7 @@ import torch
 
 from gain.cam.train import train_gain
 from gain.data.dataset import DatasetIndex
-from gain.runtime.engine import seed_everything, setup_runtime, teardown_runtime
+from gain.runtime.device import seed_everything, setup_runtime, teardown_runtime
 from gain.runtime.params import load_params
 from gain.runtime.tracking import stage_run
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks.paper import Setup, exact_crf_gflops, project
-from gain.runtime.engine import AUTO_WORKERS, MAX_AUTO_WORKERS, loader_workers
+from gain.runtime.loaders import AUTO_WORKERS, MAX_AUTO_WORKERS, loader_workers
 
 REPO = Path(__file__).resolve().parents[1]
 FIGURES = [

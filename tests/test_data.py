@@ -29,9 +29,9 @@ from gain.data.transforms import (
     train_preset,
 )
 from gain.data.voc import IGNORE_INDEX, VOC_CLASSES, read_split, voc_palette
-from gain.runtime.engine import collate
 from gain.runtime.errors import InputError
 from gain.runtime.io import read_label_png, read_rgb, save_palette_png
+from gain.runtime.loaders import collate
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent

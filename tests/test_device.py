@@ -21,7 +21,7 @@ import torch
 
 from gain.cam.model import GAIN, Classifier
 from gain.cam.train import gain_step_losses
-from gain.runtime.engine import CPU, Runtime
+from gain.runtime.device import CPU, Runtime
 from gain.runtime.params import load_params
 from gain.sec import evaluate as sec_evaluate
 from gain.sec.crf import CRFPool

@@ -15,7 +15,8 @@ import torch
 from torch import nn
 
 from gain.runtime.checkpoint import load_checkpoint
-from gain.runtime.engine import CPU, Loop, NonFiniteLoss, Schedule, fit
+from gain.runtime.device import CPU
+from gain.runtime.loop import Loop, NonFiniteLoss, Schedule, fit
 from gain.runtime.tracking import NullRun
 from tests.pipeline_utils import BIN, REPO, dvc, env_for, make_repo, python
 
@@ -32,10 +33,7 @@ def toy_fit(tmp_path: Path, step_fn, total: int = 6, ckpt_every: int = 1):
     model = nn.Linear(2, 1)
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
 
-    def fn(batch, step):
-        return step_fn(model, batch, step)
-
-    loop = Loop(model=model, optimizer=opt, dataset=Toy(), step_fn=fn, lr_at=lambda s: 0.01)
+    loop = Loop(model=model, optimizer=opt, dataset=Toy(), step_fn=step_fn, lr_at=lambda s: 0.01)
     schedule = Schedule(total_steps=total, batch_size=4, eval_every=100, ckpt_every=ckpt_every, seed=0)
     return model, fit(loop, schedule, rt=CPU, tracker=NullRun(), ckpt_dir=tmp_path, fingerprint="f")
 
@@ -166,7 +164,7 @@ def test_sec_training_resumes_to_identical_weights(tmp_path, train_crf):
 
     from gain.data.dataset import synthetic_dataset_index
     from gain.data.synthetic import SyntheticConfig, generate
-    from gain.runtime.engine import seed_everything
+    from gain.runtime.device import seed_everything
     from gain.runtime.params import load_params
     from gain.sec.train import train_sec
 

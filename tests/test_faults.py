@@ -22,9 +22,10 @@ from gain.data.dataset import DatasetIndex, build_index
 from gain.data.prepare import MAX_LISTED, validate
 from gain.runtime.checkpoint import save_checkpoint
 from gain.runtime.cli import EXIT_ERROR, run_stage
-from gain.runtime.engine import CPU, Loop, NonFiniteLoss, Schedule, fit
+from gain.runtime.device import CPU
 from gain.runtime.errors import InputError
 from gain.runtime.io import write_json
+from gain.runtime.loop import Loop, NonFiniteLoss, Schedule, fit
 from gain.runtime.params import load_params
 from gain.runtime.tracking import NullRun, stage_run
 from tests.pipeline_utils import REPO, make_repo, python
@@ -172,8 +173,8 @@ def toy_fit(ckpt: Path, total: int, step_fn=None):
     torch.manual_seed(0)
     model = nn.Linear(2, 1)
 
-    def default(batch, step):
-        return {"total": (model(batch["x"]) - 1).pow(2).mean()}
+    def default(net, batch, step):
+        return {"total": (net(batch["x"]) - 1).pow(2).mean()}
 
     loop = Loop(
         model=model,
@@ -207,10 +208,8 @@ def test_a_truncated_last_checkpoint_resumes_from_the_one_before(tmp_path, capsy
 
 def test_weights_that_turn_nan_are_never_checkpointed(tmp_path):
     """A finite loss can still blow the weights up (an inf gradient): the checkpoint refuses them."""
-    holder = {}
 
-    def step_fn(batch, step):
-        model = holder["model"]
+    def step_fn(model, batch, step):
         loss = (model(batch["x"]) - 1).pow(2).mean()
         if step == 2:
             with torch.no_grad():
@@ -219,7 +218,6 @@ def test_weights_that_turn_nan_are_never_checkpointed(tmp_path):
 
     torch.manual_seed(0)
     model = nn.Linear(2, 1)
-    holder["model"] = model
     loop = Loop(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.01), dataset=Toy(),
                 step_fn=step_fn, lr_at=lambda s: 0.01)  # fmt: skip
     from gain.runtime.checkpoint import load_checkpoint

@@ -14,7 +14,7 @@ from gain.cam.train import train_gain
 from gain.data.dataset import synthetic_dataset_index
 from gain.data.heldout import carve_heldout
 from gain.data.synthetic import SyntheticConfig, generate
-from gain.runtime.engine import CPU, seed_everything
+from gain.runtime.device import CPU, seed_everything
 from gain.runtime.params import load_params
 from gain.runtime.tracking import NullRun
 from tests.tensor_utils import record_dataset_ids, single_thread  # noqa: F401 (autouse fixture)

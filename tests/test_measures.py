@@ -15,7 +15,7 @@ from torch import nn
 from gain.cam.attention import grad_cam
 from gain.cam.evaluate import AttentionIoU, bias_accuracy, evaluate_classifier
 from gain.data.dataset import DatasetIndex
-from gain.runtime.engine import CPU
+from gain.runtime.device import CPU
 from gain.seeds.quality import SeedQuality
 from tests.tensor_utils import single_thread  # noqa: F401 (autouse fixture)
 

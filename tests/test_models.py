@@ -14,7 +14,7 @@ from gain.models.backbones import (
     torchvision_model,
     vgg16_trunk,
 )
-from gain.runtime.engine import sgd
+from gain.runtime.loop import sgd
 from gain.sec import model as sec_model
 from gain.sec.model import LargeFOV
 from gain.seeds.saliency import leaf_modules

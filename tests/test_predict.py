@@ -20,7 +20,7 @@ from gain.data.synthetic import SyntheticConfig, generate
 from gain.data.transforms import eval_preset
 from gain.photos import _reason, expand_inputs, output_names, read_photo, working_size
 from gain.runtime.checkpoint import save_checkpoint
-from gain.runtime.engine import CPU
+from gain.runtime.device import CPU
 from gain.runtime.errors import InputError
 from gain.sec.crf import CRFPool
 from gain.sec.evaluate import evaluate_segmenter

@@ -16,9 +16,10 @@ import torch
 from torch import nn
 
 from gain.runtime import preflight
-from gain.runtime.engine import CPU, Loop, Schedule, fit
+from gain.runtime.device import CPU
 from gain.runtime.errors import StageError
 from gain.runtime.io import atomic_path, outputs_together, write_json, write_text
+from gain.runtime.loop import Loop, Schedule, fit
 from gain.runtime.preflight import (
     PreflightError,
     check_space,
@@ -101,9 +102,9 @@ def test_fit_checks_before_the_first_step(tmp_path):
     model = nn.Linear(2, 1)
     steps = []
 
-    def step_fn(batch, step):
+    def step_fn(net, batch, step):
         steps.append(step)
-        return {"total": model(batch["x"]).pow(2).mean()}
+        return {"total": net(batch["x"]).pow(2).mean()}
 
     loop = Loop(model, torch.optim.SGD(model.parameters(), lr=0.01), Toy(), step_fn, lambda s: 0.01)
     (tmp_path / "reports").write_text("")  # reports/sec cannot be created

@@ -33,9 +33,11 @@ from gain.data.synthetic import SyntheticConfig, generate
 from gain.data.transforms import eval_preset
 from gain.data.voc import voc_palette
 from gain.evaluation.metrics import ConfusionMatrix
-from gain.runtime.engine import CPU, eval_loader, save_model, seed_everything
+from gain.runtime.device import CPU, seed_everything
 from gain.runtime.io import save_palette_png
+from gain.runtime.loaders import eval_loader
 from gain.runtime.params import load_params
+from gain.runtime.stage import save_model
 from gain.runtime.tracking import NullRun
 from gain.sec.evaluate import predict
 from gain.sec.train import train_sec

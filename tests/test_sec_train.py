@@ -16,7 +16,7 @@ from gain.data.dataset import synthetic_dataset_index
 from gain.data.heldout import carve_heldout
 from gain.data.synthetic import SyntheticConfig, generate
 from gain.data.transforms import RandomCrop, RandomHFlip, RandomScale, Resize
-from gain.runtime.engine import CPU, seed_everything
+from gain.runtime.device import CPU, seed_everything
 from gain.runtime.errors import InputError
 from gain.runtime.params import load_params
 from gain.runtime.tracking import NullRun

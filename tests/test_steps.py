@@ -13,7 +13,7 @@ import torch
 from gain.cam.losses import attention_masks, classification_loss, external_loss
 from gain.cam.model import GAIN, Classifier
 from gain.cam.train import gain_step_losses
-from gain.runtime.engine import CPU
+from gain.runtime.device import CPU
 from gain.runtime.params import load_params
 from gain.sec.crf import CRFPool, dense_crf
 from gain.sec.crf_exact import ExactCRF, exact_dense_crf

@@ -13,8 +13,9 @@ from gain.data.dataset import DatasetIndex, VOCDataset
 from gain.data.transforms import denormalize, eval_preset
 from gain.evaluation.figures import grid_figure, overlay
 from gain.evaluation.metrics import exact_match_accuracy, mean_average_precision
-from gain.runtime.engine import Runtime, collate, eval_loader
+from gain.runtime.device import Runtime
 from gain.runtime.io import read_label_png
+from gain.runtime.loaders import collate, eval_loader
 
 PART_FOLDER = (
     "SegmentationPart"  # the synthetic set's part labels: the class id on discriminative-part pixels

@@ -8,16 +8,17 @@ from dataclasses import asdict
 from pathlib import Path
 
 import torch
-from torch.nn.parallel import DistributedDataParallel
 
 from gain.cam.evaluate import attention_figure, evaluate_classifier
 from gain.cam.losses import gain_loss
 from gain.cam.model import build_gain
 from gain.data.dataset import DatasetIndex, VOCDataset
-from gain.data.heldout import carve_heldout
+from gain.data.heldout import training_ids
 from gain.data.transforms import eval_preset, train_preset
 from gain.evaluation.figures import close_figure, save_figure
-from gain.runtime.engine import FitResult, Loop, Runtime, Schedule, fit, sgd, steps_per_epoch, unwrap
+from gain.runtime.device import Runtime
+from gain.runtime.loaders import steps_per_epoch
+from gain.runtime.loop import FitResult, Loop, Schedule, fit, sgd
 from gain.runtime.params import GainParams, RuntimeParams
 from gain.runtime.tracking import method_name
 
@@ -66,31 +67,24 @@ def train_gain(
     training ids out of training and ships the epoch with the best mAP on them (`heldout_map`: image
     labels only, all weak supervision has). The val metrics of every epoch are monitoring curves either way.
     """
-    model = build_gain(p, index.num_classes - 1).to(rt.device)
-    if rt.channels_last:
-        model = model.to(memory_format=torch.channels_last)
+    model = build_gain(p, index.num_classes - 1)
     pixel = set(index.splits.get("pixel", [])) if p.ext else set()
-    train_ids, heldout_ids = index.splits["weak_train"], []
-    if p.select == "heldout":
-        train_ids, heldout_ids = carve_heldout(train_ids, p.heldout_fraction, seed, what="training ids")
+    train_ids, heldout_ids = training_ids(index.splits["weak_train"], p, seed, what="training ids")
     train_set = VOCDataset(index, train_ids, train_preset(p.input_size), seed=seed, with_masks=pixel)
     val_set = VOCDataset(index, index.splits["val"], eval_preset(p.input_size), seed=seed)
     heldout_set = VOCDataset(index, heldout_ids, eval_preset(p.input_size), seed=seed)
     per_epoch = steps_per_epoch(len(train_set), p.batch_size, rt.world_size)
     total, warmup_steps = p.epochs * per_epoch, p.warmup_epochs * per_epoch
     optimizer = sgd(model.classifier.param_groups(p.weight_decay), lr=p.lr, momentum=p.momentum)
-    net = DistributedDataParallel(model) if rt.world_size > 1 else model
     vis_idx = list(range(min(knobs.vis_images, len(val_set))))
 
     def eval_fn(step: int) -> dict:
-        if not rt.is_main:
-            return {}
-        clf = unwrap(model).classifier
+        clf = model.classifier
         metrics = {**evaluate_classifier(clf, val_set, rt), "epoch": step // per_epoch}
         if heldout_ids:
             metrics["heldout_map"] = evaluate_classifier(clf, heldout_set, rt)["map"]
         if extra_eval is not None:
-            metrics |= extra_eval(unwrap(model))
+            metrics |= extra_eval(model)
         if vis_idx:
             fig = attention_figure(clf, val_set, vis_idx, rt, title=method_name(p.alpha, p.ext))
             tracker.log_figure(fig, f"attention/epoch_{step // per_epoch:03d}.png")
@@ -101,11 +95,11 @@ def train_gain(
         return metrics
 
     loop = Loop(
-        model=net,
+        model=model,
         optimizer=optimizer,
         dataset=train_set,
         # Warm-up epochs are classification only (public GAIN code's schedule; the paper starts at once).
-        step_fn=lambda batch, step: gain_step_losses(net, batch, p, rt, mine=step >= warmup_steps),
+        step_fn=lambda net, batch, step: gain_step_losses(net, batch, p, rt, mine=step >= warmup_steps),
         lr_at=lambda step: 0.5 * p.lr * (1 + math.cos(math.pi * step / max(total, 1))),  # cosine decay
         eval_fn=eval_fn,
         meta={"params": asdict(p), "classes": list(index.classes)},
@@ -123,5 +117,4 @@ def train_gain(
     result = fit(
         loop, schedule, rt=rt, tracker=tracker, ckpt_dir=ckpt_dir, fingerprint=fingerprint, outputs=outputs
     )
-    unwrap(model).load_state_dict(result.model_state)
-    return result, unwrap(model)
+    return result, model

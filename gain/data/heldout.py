@@ -39,3 +39,13 @@ def carve_heldout(
         )
     held = set(np.random.default_rng(seed).choice(pool, size=n, replace=False).tolist())
     return [i for i in ids if i not in held], [i for i in ids if i in held]
+
+
+def training_ids(
+    ids: Sequence[str], p, seed: int, *, eligible: Iterable[str] | None = None, what: str = "ids"
+) -> tuple[list[str], list[str]]:
+    """A training stage's (train, heldout) ids under its params `p`: all of `ids` and none held out when
+    `p.select` is "last"; `carve_heldout` with `p.heldout_fraction` when it is "heldout"."""
+    if p.select != "heldout":
+        return list(ids), []
+    return carve_heldout(ids, p.heldout_fraction, seed, eligible=eligible, what=what)

@@ -12,8 +12,9 @@ from gain.cam.attention import attention_maps
 from gain.data.dataset import DatasetIndex, VOCDataset
 from gain.data.transforms import eval_preset
 from gain.evaluation.figures import bar_figure, colorize, grid_figure, heatmap_figure, overlay, save_figure
-from gain.runtime.engine import Runtime, collate
+from gain.runtime.device import Runtime
 from gain.runtime.io import atomic_path, write_json, write_text
+from gain.runtime.loaders import collate
 from gain.runtime.params import RuntimeParams, SeedsParams
 from gain.sec.crf import CRFPool
 from gain.sec.evaluate import SegmentationScores, evaluate_attention_crf

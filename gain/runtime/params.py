@@ -140,7 +140,7 @@ class RuntimeParams:
     """Knobs that change how fast or where things run, never what a stage writes (not DVC params)."""
 
     mlflow: MlflowParams
-    workers: int = _range(-1, 64)  # -1: auto (gain.runtime.engine.loader_workers)
+    workers: int = _range(-1, 64)  # -1: auto (gain.runtime.loaders.loader_workers)
     gain_ckpt_every: int = _range(1)
     sec_ckpt_every: int = _range(1)
     seeds_batch_size: int = _range(1)

@@ -12,7 +12,8 @@ from torch.nn import functional as F
 
 from gain.data.dataset import VOCDataset
 from gain.evaluation.metrics import ConfusionMatrix
-from gain.runtime.engine import Runtime, eval_loader
+from gain.runtime.device import Runtime
+from gain.runtime.loaders import eval_loader
 from gain.sec.crf import CRFPool, CRFResult
 from gain.sec.scale import inference_crf_scale, resolve
 

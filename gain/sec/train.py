@@ -9,12 +9,12 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch.nn import functional as F
-from torch.nn.parallel import DistributedDataParallel
 
 from gain.data.dataset import DatasetIndex, VOCDataset
-from gain.data.heldout import carve_heldout
+from gain.data.heldout import training_ids
 from gain.data.transforms import Compose, denormalize, eval_preset, train_preset
-from gain.runtime.engine import FitResult, Loop, Runtime, Schedule, fit, sgd, unwrap
+from gain.runtime.device import Runtime, unwrap
+from gain.runtime.loop import FitResult, Loop, Schedule, fit, sgd
 from gain.runtime.params import RuntimeParams, SecParams
 from gain.sec.crf import CRFPool
 from gain.sec.crf_exact import ExactCRF, training_crf
@@ -114,34 +114,27 @@ def train_sec(
     that have masks (the seed-evaluation role) out of training and ships the evaluation step with the best
     mIoU on them (`heldout_miou`). The val mIoU of every evaluation is a monitoring curve either way.
     """
-    model = build_sec(p, index.num_classes, gain_model).to(rt.device)
-    if rt.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    train_ids, heldout_ids = index.splits["weak_train"], []
-    if p.select == "heldout":
-        train_ids, heldout_ids = carve_heldout(
-            train_ids, p.heldout_fraction, seed, eligible=index.splits["seed_eval"], what="ids with masks"
-        )
+    model = build_sec(p, index.num_classes, gain_model)
+    train_ids, heldout_ids = training_ids(
+        index.splits["weak_train"], p, seed, eligible=index.splits["seed_eval"], what="ids with masks"
+    )
     train_set = VOCDataset(index, train_ids, train_transform(p), seed=seed, mask_root=seeds_dir)
     val_set = VOCDataset(index, index.splits["val"], eval_preset(p.input_size), keep_original=True)
     heldout_set = VOCDataset(index, heldout_ids, eval_preset(p.input_size), keep_original=True)
-    net = DistributedDataParallel(model) if rt.world_size > 1 else model
 
     def eval_fn(step: int) -> dict:
-        if not rt.is_main:
-            return {}
-        metrics = evaluate_segmenter(unwrap(model), val_set, rt).summary()
+        metrics = evaluate_segmenter(model, val_set, rt).summary()
         if heldout_ids:
-            metrics["heldout_miou"] = evaluate_segmenter(unwrap(model), heldout_set, rt).summary()["miou"]
+            metrics["heldout_miou"] = evaluate_segmenter(model, heldout_set, rt).summary()["miou"]
         return metrics
 
     workers = knobs.crf_workers if "constrain" in p.losses else 0
     with training_crf(p.train_crf, rt.device, workers) as pool:
         loop = Loop(
-            model=net,
+            model=model,
             optimizer=sgd(model.param_groups(p.weight_decay), lr=p.lr, momentum=p.momentum),
             dataset=train_set,
-            step_fn=lambda batch, step: sec_step_losses(net, batch, pool, p, rt),
+            step_fn=lambda net, batch, step: sec_step_losses(net, batch, pool, p, rt),
             lr_at=lambda step: p.lr * (0.1 ** (step // p.lr_step)),  # SEC's step schedule
             eval_fn=eval_fn,
             meta={"params": asdict(p), "classes": list(index.classes)},
@@ -165,5 +158,4 @@ def train_sec(
             fingerprint=fingerprint,
             outputs=outputs,
         )
-    unwrap(model).load_state_dict(result.model_state)
-    return result, unwrap(model)
+    return result, model

@@ -18,8 +18,9 @@ from gain.data.transforms import eval_preset
 from gain.data.voc import voc_palette
 from gain.evaluation.figures import colorize, grid_figure, overlay
 from gain.evaluation.metrics import ConfusionMatrix
-from gain.runtime.engine import Runtime, eval_loader
+from gain.runtime.device import Runtime
 from gain.runtime.io import save_palette_png
+from gain.runtime.loaders import eval_loader
 from gain.runtime.params import SeedsParams
 from gain.seeds.cues import dense_from_attention, make_cues
 from gain.seeds.quality import SeedQuality

@@ -9,7 +9,8 @@ from torch.nn import functional as F
 from gain.cam.attention import attention_maps
 from gain.cam.evaluate import AttentionIoU, part_masks
 from gain.data.dataset import VOCDataset
-from gain.runtime.engine import Runtime, eval_loader
+from gain.runtime.device import Runtime
+from gain.runtime.loaders import eval_loader
 
 
 def rolled(t: torch.Tensor, gen: torch.Generator) -> torch.Tensor:

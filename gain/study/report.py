@@ -13,8 +13,8 @@ from gain.cam.model import load_classifier
 from gain.data.dataset import DatasetIndex, VOCDataset
 from gain.data.transforms import denormalize, eval_preset
 from gain.evaluation.figures import colorize, curves_figure, grid_figure, overlay, save_figure
-from gain.runtime.engine import collate
 from gain.runtime.io import atomic_path
+from gain.runtime.loaders import collate
 from gain.study.runner import DIAG_PREFIX, METRICS
 
 LABELS = {"gradcam": "Grad-CAM", "gain": "GAIN", "gain_ext": "GAIN_ext"}

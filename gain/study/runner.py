@@ -25,9 +25,11 @@ from gain.data.heldout import carve_heldout
 from gain.data.prepare import prepare_dataset
 from gain.data.transforms import eval_preset
 from gain.evaluation.report import attention_crf_reference
-from gain.runtime.engine import CPU, code_fingerprint, save_model, seed_everything
+from gain.runtime.codebase import code_fingerprint
+from gain.runtime.device import CPU, seed_everything
 from gain.runtime.io import write_json
 from gain.runtime.params import Params, params_hash, parse_params
+from gain.runtime.stage import save_model
 from gain.runtime.tracking import NullRun
 from gain.sec.crf import CRFPool
 from gain.sec.evaluate import evaluate_segmenter
@@ -67,16 +69,6 @@ METRICS = (
     "part_hidden_recall",
 )
 DIAG_PREFIX = "diag_"
-# The code a run's result depends on (its cache key); the study's own report code is left out.
-PIPELINE_CODE = (
-    "gain/cam",
-    "gain/data",
-    "gain/models",
-    "gain/runtime",
-    "gain/sec",
-    "gain/seeds",
-    "gain/evaluation",
-)
 # A configuration small enough for a test (seconds per run): fewer, the same kind of images; short training.
 TINY: dict[str, object] = {
     "data.synthetic.n_train": 32,
@@ -174,7 +166,7 @@ def job_dir(
             "stages": list(stages),
             "holdout": holdout,
             "diagnose": diagnose,
-            "code": code_fingerprint(*PIPELINE_CODE),
+            "code": code_fingerprint("gain.study.runner"),  # the code a run imports
         }
     )
     return work / "runs" / f"{name}-{key}"
