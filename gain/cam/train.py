@@ -18,8 +18,8 @@ from gain.data.heldout import carve_heldout
 from gain.data.transforms import eval_preset, train_preset
 from gain.evaluation.figures import close_figure, save_figure
 from gain.runtime.engine import FitResult, Loop, Runtime, Schedule, fit, sgd, steps_per_epoch, unwrap
+from gain.runtime.naming import method_name
 from gain.runtime.params import GainParams, RuntimeParams
-from gain.runtime.tracking import method_name
 
 
 def gain_step_losses(net, batch: dict, p: GainParams, rt: Runtime, *, mine: bool = True) -> dict:

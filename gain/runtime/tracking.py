@@ -1,10 +1,5 @@
 """One MLflow run per stage execution, grouped under a parent run per pipeline execution.
 
-Tracking store: `MLFLOW_TRACKING_URI` if set, else params `runtime.mlflow.tracking_uri`, else
-`sqlite:///<repo>/mlflow.db` with artifacts in `<repo>/mlartifacts/`. The repo root comes from DVC's
-`DVC_ROOT` when set, so `dvc exp run --temp` and queued experiments log into the real store rather than
-into their temporary copy.
-
 The parent run is the unit of comparison: it is named after the DVC experiment (or method + short id), carries
 every DVC param, the git commit and command, the dataset and the headline metrics (each stage copies its own
 and earlier stages' metrics files when it ends). Stages whose outputs DVC restored from its run-cache (or
@@ -12,7 +7,9 @@ kept as up to date) run no code, so the pipeline run names the run that produced
 (`restored.<stage>`); the `track` stage, after `evaluate`, records the restored later stages the same way.
 Each stage reopens it (RUNNING) and closes it again when it ends (FINISHED, or FAILED if the stage failed),
 so a pipeline stopped after any stage is left closed; a stage killed outright leaves both runs RUNNING until
-the next stage on this host marks them KILLED (`reap_dead_runs`).
+the next stage on this host marks them KILLED (gain/runtime/store.py `reap_dead_runs`).
+
+Where the store is and how it is checked: gain/runtime/store.py; git and DVC: gain/runtime/provenance.py.
 """
 
 from __future__ import annotations
@@ -21,24 +18,26 @@ import dataclasses
 import json
 import os
 import socket
-import subprocess
 import time
-import urllib.error
-import urllib.request
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import yaml
-
-from gain.runtime.errors import StageError
 from gain.runtime.io import file_digest, read_json, write_json
 from gain.runtime.layout import CHECKPOINTS, GAIN_MODEL, INDEX, OUTPUTS, REPORTS, RUNS, SEC_MODEL
-from gain.runtime.params import STAGE_PARAMS, Params, flatten, params_hash, parse_params, section_dict
+from gain.runtime.naming import REGISTERED, method_name
+from gain.runtime.params import DVC_PARAMS, STAGE_PARAMS, Params, flatten, params_hash, section_dict
+from gain.runtime.provenance import dvc_command, git_commit, param_overrides, pipeline_id, repo_root
+from gain.runtime.store import (
+    TrackingError,
+    check_reachable,
+    check_sqlite_store,
+    experiment_id,
+    process_tag,
+    reap_dead_runs,
+    tracking_uri,
+)
 
-# Every section that is a DVC param (the pipeline's inputs besides code and data), in params.yaml order.
-DVC_PARAMS = tuple(dict.fromkeys(k for keys in STAGE_PARAMS.values() for k in keys))
 # The file whose digest identifies what a stage run produced (tag `output_digest`): a later stage, the
 # report or the `track` stage finds the run behind an output even when DVC restored that output from its
 # cache (the latest run that wrote those bytes). evaluate: report.md, which names its own run, so two
@@ -50,210 +49,6 @@ KEY_OUTPUT = {
     "sec": SEC_MODEL,
     "evaluate": REPORTS / "report.md",
 }
-# The experiment tag by which MLflow 3's UI tells a machine-learning experiment (runs, metrics, models) from a
-# GenAI one (traces, evaluations); without it the UI may guess GenAI and open on traces.
-EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
-# Registered-model names of the networks a stage hands on.
-REGISTERED = {"gain": "gain-classifier", "sec": "sec-segmenter"}
-
-
-class TrackingError(StageError):
-    """The tracking store cannot be used; raised before any work starts."""
-
-
-def method_name(alpha: float, ext: bool) -> str:
-    """One name per method, used in every report, figure and run name."""
-    if ext:
-        return "GAIN_ext"
-    return "GAIN" if alpha > 0 else "Grad-CAM"
-
-
-def repo_root() -> Path:
-    """DVC_ROOT if DVC runs us (also in temp experiment folders), else the nearest folder with dvc.yaml."""
-    if os.environ.get("DVC_ROOT"):
-        return Path(os.environ["DVC_ROOT"]).resolve()
-    here = Path.cwd().resolve()
-    for d in (here, *here.parents):
-        if (d / "dvc.yaml").is_file():
-            return d
-    return here
-
-
-def tracking_uri(params: Params) -> str:
-    return (
-        os.environ.get("MLFLOW_TRACKING_URI")
-        or params.runtime.mlflow.tracking_uri
-        or f"sqlite:///{repo_root() / 'mlflow.db'}"
-    )
-
-
-def check_reachable(uri: str, timeout: float = 5.0) -> None:
-    """Fail fast (seconds, not after training) when an HTTP tracking server does not answer."""
-    if not uri.startswith(("http://", "https://")):
-        return
-    try:
-        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as r:
-            if r.status != 200:
-                raise TrackingError(f"MLflow tracking server {uri} answered HTTP {r.status} on /health")
-    except (urllib.error.URLError, OSError) as e:
-        raise TrackingError(
-            f"MLflow tracking server {uri} is unreachable ({e}). Start it (mlflow server ...) or unset "
-            "MLFLOW_TRACKING_URI / params runtime.mlflow.tracking_uri to use the local sqlite store."
-        ) from None
-
-
-def check_sqlite_store(uri: str) -> None:
-    """Fail in one line naming the file when a `sqlite:///` store exists but is not a whole sqlite
-    database (truncated by a full disk or a copy cut short, or another file under that name)."""
-    if not uri.startswith("sqlite:///"):
-        return
-    path = Path(uri.removeprefix("sqlite:///"))
-    if not path.is_file() or path.stat().st_size == 0:
-        return
-    advice = f"move it aside (mv {path} {path}.broken) to start a new store, or put back a copy from a backup"
-    with open(path, "rb") as f:
-        header = f.read(100)
-    if not header.startswith(b"SQLite format 3\0") or len(header) < 100:
-        raise TrackingError(f"{path}: not an SQLite database, so not an MLflow store; {advice}")
-    page_size = int.from_bytes(header[16:18], "big")
-    page_size = 65536 if page_size == 1 else page_size
-    pages = int.from_bytes(header[28:32], "big")
-    valid = header[92:96] == header[24:28]  # the header's page count is current (SQLite >= 3.7.0 writers)
-    if valid and pages and path.stat().st_size < page_size * pages:
-        raise TrackingError(
-            f"{path}: truncated MLflow store ({path.stat().st_size:,} of {page_size * pages:,} bytes); {advice}"
-        )
-
-
-def _git(root: Path, *args: str) -> str | None:
-    try:
-        out = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=10)
-    except OSError:
-        return None
-    return out.stdout if out.returncode == 0 else None
-
-
-def git_commit(root: Path) -> str:
-    """HEAD of the repo (inside a DVC experiment: its baseline commit), or "unknown"."""
-    return (_git(root, "rev-parse", "HEAD") or "unknown").strip() or "unknown"
-
-
-def _dvc_process():
-    """The nearest ancestor process that is DVC (`dvc repro`, `dvc exp run`, a queue's `dvc exp exec-run`)."""
-    import psutil
-
-    proc = psutil.Process().parent()
-    while proc is not None:
-        argv = proc.cmdline()
-        head = " ".join(argv[:3])
-        if "dvc" in Path(argv[0] if argv else "").name or " -m dvc" in head or "/dvc " in head + " ":
-            return proc
-        proc = proc.parent()
-    return None
-
-
-def pipeline_id() -> str:
-    """An id shared by every stage of one `dvc repro` / `dvc exp run`: the DVC process that spawned us (and
-    the DVC experiment name, so two queued experiments never share one).
-
-    `GAIN_PIPELINE_ID` overrides it; a stage run by hand outside DVC gets a fresh id.
-    """
-    if os.environ.get("GAIN_PIPELINE_ID"):
-        return os.environ["GAIN_PIPELINE_ID"]
-    try:
-        proc = _dvc_process()
-        if proc is not None:
-            exp = os.environ.get("DVC_EXP_NAME", "")
-            return f"dvc-{proc.pid}-{int(proc.create_time() * 1000)}" + (f"-{exp}" if exp else "")
-    except Exception:  # psutil missing or a process vanished: fall back to a fresh id
-        pass
-    return f"manual-{uuid.uuid4().hex[:12]}"
-
-
-def dvc_command() -> str:
-    """The command line of the DVC process running this stage (`dvc exp run --temp -S gain.alpha=0`);
-    "" outside DVC. A queued experiment shows as DVC's own `dvc exp exec-run ...`."""
-    try:
-        proc = _dvc_process()
-        argv = proc.cmdline() if proc is not None else []
-    except Exception:
-        return ""
-    for i, arg in enumerate(argv):
-        if Path(arg).name == "dvc" or arg == "dvc":
-            return " ".join(["dvc", *argv[i + 1 :]])
-        if arg == "-m" and i + 1 < len(argv) and argv[i + 1] == "dvc":
-            return " ".join(["dvc", *argv[i + 2 :]])
-    return " ".join(argv)
-
-
-def param_overrides(params: Params, root: Path, rev: str) -> list[str]:
-    """`key=value` for every DVC param that differs from params.yaml at git revision `rev` (what `-S` or an
-    edit changed), sorted; [] when that file cannot be read."""
-    text = _git(root, "show", f"{rev}:params.yaml")
-    if not text:
-        return []
-    try:
-        base = flatten(section_dict(parse_params(yaml.safe_load(text), f"{rev}:params.yaml"), DVC_PARAMS))
-    except Exception:  # the baseline's params.yaml follows an older schema
-        return []
-    now = flatten(section_dict(params, DVC_PARAMS))
-    return [f"{k}={v}" for k, v in sorted(now.items()) if base.get(k) != v]
-
-
-def _process_tag() -> str:
-    """`<pid>:<start time>` of this process: with the host, enough to tell later whether it still runs."""
-    import psutil
-
-    me = psutil.Process()
-    return f"{me.pid}:{int(me.create_time())}"
-
-
-def _alive(process_tag: str) -> bool:
-    import psutil
-
-    try:
-        pid, started = process_tag.split(":")
-        return int(psutil.Process(int(pid)).create_time()) == int(started)
-    except (ValueError, psutil.Error):
-        return False
-
-
-def reap_dead_runs(client, exp_id: str) -> list[str]:
-    """Mark KILLED the stage runs still RUNNING whose process on this host is gone (a stage killed with
-    SIGKILL, a machine that lost power), and their pipeline runs: they would otherwise show as running
-    forever. -> the stage run ids."""
-    host = socket.gethostname()
-    stale = client.search_runs(
-        [exp_id],
-        filter_string=f"attributes.status = 'RUNNING' and tags.kind = 'stage' and tags.host = '{host}'",
-    )
-    reaped = []
-    for run in stale:
-        tag = run.data.tags.get("process", "")
-        if tag and not _alive(tag):
-            client.set_terminated(run.info.run_id, status="KILLED")
-            reaped.append(run.info.run_id)
-            parent = run.data.tags.get("mlflow.parentRunId")
-            if parent and client.get_run(parent).info.status == "RUNNING":
-                client.set_terminated(parent, status="KILLED")
-    return reaped
-
-
-def experiment_id(client, name: str, root: Path) -> str:
-    """The id of experiment `name`, created with its artifacts under `root`/mlartifacts if missing, and marked
-    as a machine-learning experiment (EXPERIMENT_KIND), so MLflow's UI shows its runs, not a GenAI view."""
-    exp = client.get_experiment_by_name(name)
-    if exp is None:
-        location = (root / "mlartifacts" / name).as_uri()
-        try:
-            return client.create_experiment(name, artifact_location=location, tags=dict([EXPERIMENT_KIND]))
-        except Exception:  # another stage process created it first
-            exp = client.get_experiment_by_name(name)
-            if exp is None:
-                raise
-    if exp.tags.get(EXPERIMENT_KIND[0]) != EXPERIMENT_KIND[1]:  # created before the tag was set
-        client.set_experiment_tag(exp.experiment_id, *EXPERIMENT_KIND)
-    return exp.experiment_id
 
 
 def _metric_values(metrics: dict) -> dict[str, float]:
@@ -595,7 +390,7 @@ def stage_run(stage: str, params: Params, *, enabled: bool = True) -> Iterator[N
         "stage": stage,
         "dvc_stage": os.environ.get("DVC_STAGE", stage),
         "host": socket.gethostname(),
-        "process": _process_tag(),
+        "process": process_tag(),
         **{k: info[k] for k in info if k not in ("method", "overrides", "tracking_uri")},
     }
     tags["command"] = tags["command"][:5000]
