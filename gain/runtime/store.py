@@ -37,6 +37,14 @@ def tracking_uri(params: Params) -> str:
     )
 
 
+def checked_uri(params: Params) -> str:
+    """tracking_uri(params), once it passed the checks that fail fast (check_reachable, check_sqlite_store)."""
+    uri = tracking_uri(params)
+    check_reachable(uri)
+    check_sqlite_store(uri)
+    return uri
+
+
 def check_reachable(uri: str, timeout: float = 5.0) -> None:
     """Fail fast (seconds, not after training) when an HTTP tracking server does not answer."""
     if not uri.startswith(("http://", "https://")):

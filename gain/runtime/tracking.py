@@ -28,15 +28,7 @@ from gain.runtime.layout import CHECKPOINTS, GAIN_MODEL, INDEX, OUTPUTS, REPORTS
 from gain.runtime.naming import REGISTERED, method_name
 from gain.runtime.params import DVC_PARAMS, STAGE_PARAMS, Params, flatten, params_hash, section_dict
 from gain.runtime.provenance import dvc_command, git_commit, param_overrides, pipeline_id, repo_root
-from gain.runtime.store import (
-    TrackingError,
-    check_reachable,
-    check_sqlite_store,
-    experiment_id,
-    process_tag,
-    reap_dead_runs,
-    tracking_uri,
-)
+from gain.runtime.store import TrackingError, checked_uri, experiment_id, process_tag, reap_dead_runs
 
 # The file whose digest identifies what a stage run produced (tag `output_digest`): a later stage, the
 # report or the `track` stage finds the run behind an output even when DVC restored that output from its
@@ -293,10 +285,7 @@ def record_pipeline(params: Params) -> dict[str, str] | None:
     when no stage of this pipeline logged a run (everything came from DVC's cache: nothing to annotate)."""
     from mlflow.tracking import MlflowClient
 
-    uri = tracking_uri(params)
-    check_reachable(uri)
-    check_sqlite_store(uri)
-    client = MlflowClient(uri)
+    client = MlflowClient(checked_uri(params))
     exp = client.get_experiment_by_name(params.runtime.mlflow.experiment)
     if exp is None:
         return None
@@ -337,6 +326,73 @@ def _params_entities(flat: dict) -> list:
     return [Param(k, str(v)[:6000]) for k, v in flat.items()]
 
 
+def _open_experiment(params: Params, root: Path):
+    """The checked store (checked_uri), made mlflow's current one, and the experiment's id in it: -> (uri,
+    client, experiment id). Runs of this host's killed stages are reaped first (reap_dead_runs)."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    uri = checked_uri(params)
+    mlflow.set_tracking_uri(uri)
+    try:
+        client = MlflowClient(uri)
+        exp_id = experiment_id(client, params.runtime.mlflow.experiment, root)
+    except Exception as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise TrackingError(
+            f"MLflow store {uri}: cannot open experiment {params.runtime.mlflow.experiment!r} ({first[:300]})"
+        ) from e
+    reap_dead_runs(client, exp_id)
+    return uri, client, exp_id
+
+
+def _run_info(stage: str, params: Params, root: Path, uri: str) -> dict:
+    """What a stage run is tagged with and report.md names: the pipeline, commit, DVC experiment, command,
+    param overrides, params hash, store and method."""
+    baseline = os.environ.get("DVC_EXP_BASELINE_REV", "")
+    commit = git_commit(root)
+    info = {
+        "pipeline_id": pipeline_id(),
+        "git_commit": commit,
+        "dvc_exp_name": os.environ.get("DVC_EXP_NAME", ""),
+        "dvc_exp_baseline_rev": baseline,
+        "method": method_name(params.gain.alpha, params.gain.ext),
+        "command": dvc_command(),
+        "overrides": " ".join(param_overrides(params, root, baseline or "HEAD"))
+        if commit != "unknown"
+        else "",
+        "params_hash": params_hash(section_dict(params, STAGE_PARAMS[stage])),
+        "tracking_uri": uri,
+    }
+    return info
+
+
+def _stage_tags(stage: str, info: dict) -> dict:
+    tags = {
+        "kind": "stage",
+        "stage": stage,
+        "dvc_stage": os.environ.get("DVC_STAGE", stage),
+        "host": socket.gethostname(),
+        "process": process_tag(),
+        **{k: info[k] for k in info if k not in ("method", "overrides", "tracking_uri")},
+    }
+    tags["command"] = tags["command"][:5000]
+    return tags
+
+
+def _close_stage(client, run_id: str, exp_id: str, parent_id: str, stage: str, info: dict) -> None:
+    """A successful stage: tag its key output's digest, bring the pipeline run up to date on the outputs final
+    now (this and earlier stages': their metrics and which came from earlier runs; later ones are not yet),
+    and write the pointer `runs/<stage>.json`."""
+    if Path(KEY_OUTPUT[stage]).is_file():
+        client.set_tag(run_id, "output_digest", file_digest(KEY_OUTPUT[stage]))
+    record_outputs(client, exp_id, parent_id, list(KEY_OUTPUT)[: list(KEY_OUTPUT).index(stage) + 1])
+    pointer = {"run_id": run_id, "parent_run_id": parent_id, "pipeline_id": info["pipeline_id"]}
+    pointer |= {"pipeline_name": info["pipeline_name"], "experiment_id": exp_id}
+    pointer |= {k: info[k] for k in ("tracking_uri", "params_hash")}
+    write_json(RUNS / f"{stage}.json", pointer)
+
+
 @contextmanager
 def stage_run(stage: str, params: Params, *, enabled: bool = True) -> Iterator[NullRun]:
     """Open the MLflow run of one stage execution (run name = stage), nested under its pipeline's run.
@@ -351,56 +407,18 @@ def stage_run(stage: str, params: Params, *, enabled: bool = True) -> Iterator[N
         yield NullRun()
         return
     import mlflow
-    from mlflow.tracking import MlflowClient
 
     root = repo_root()
-    uri = tracking_uri(params)
-    check_reachable(uri)
-    check_sqlite_store(uri)
-    mlflow.set_tracking_uri(uri)
-    try:
-        client = MlflowClient(uri)
-        exp_id = experiment_id(client, params.runtime.mlflow.experiment, root)
-    except Exception as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise TrackingError(
-            f"MLflow store {uri}: cannot open experiment {params.runtime.mlflow.experiment!r} ({first[:300]})"
-        ) from e
-
-    reap_dead_runs(client, exp_id)
-    used = section_dict(params, STAGE_PARAMS[stage])
-    baseline = os.environ.get("DVC_EXP_BASELINE_REV", "")
-    commit = git_commit(root)
-    info = {
-        "pipeline_id": pipeline_id(),
-        "git_commit": commit,
-        "dvc_exp_name": os.environ.get("DVC_EXP_NAME", ""),
-        "dvc_exp_baseline_rev": baseline,
-        "method": method_name(params.gain.alpha, params.gain.ext),
-        "command": dvc_command(),
-        "overrides": " ".join(param_overrides(params, root, baseline or "HEAD"))
-        if commit != "unknown"
-        else "",
-        "params_hash": params_hash(used),
-        "tracking_uri": uri,
-    }
+    uri, client, exp_id = _open_experiment(params, root)
+    info = _run_info(stage, params, root, uri)
     parent_id = _pipeline_run(client, exp_id, info, params)
-    tags = {
-        "kind": "stage",
-        "stage": stage,
-        "dvc_stage": os.environ.get("DVC_STAGE", stage),
-        "host": socket.gethostname(),
-        "process": process_tag(),
-        **{k: info[k] for k in info if k not in ("method", "overrides", "tracking_uri")},
-    }
-    tags["command"] = tags["command"][:5000]
     status = "FAILED"
     try:
         with mlflow.start_run(
-            experiment_id=exp_id, run_name=stage, parent_run_id=parent_id, tags=tags
+            experiment_id=exp_id, run_name=stage, parent_run_id=parent_id, tags=_stage_tags(stage, info)
         ) as run:
             client.set_tag(parent_id, "last_stage", stage)
-            mlflow.log_params(flatten(used))
+            mlflow.log_params(flatten(section_dict(params, STAGE_PARAMS[stage])))
             # Every stage also records the whole params file, so any run can be compared on any knob.
             client.log_dict(run.info.run_id, dataclasses.asdict(params), "params.json")
             tracker = StageRun(
@@ -412,23 +430,7 @@ def stage_run(stage: str, params: Params, *, enabled: bool = True) -> Iterator[N
                 # mlflow's context would close an interrupted run as FAILED: one status, KILLED, for both
                 mlflow.end_run(status="KILLED")
                 raise
-            if Path(KEY_OUTPUT[stage]).is_file():
-                mlflow.set_tag("output_digest", file_digest(KEY_OUTPUT[stage]))
-            # This stage's and earlier stages' outputs are final now (later ones are not yet): on the
-            # pipeline run, their metrics and which of them came from earlier runs.
-            record_outputs(client, exp_id, parent_id, list(KEY_OUTPUT)[: list(KEY_OUTPUT).index(stage) + 1])
-            write_json(
-                RUNS / f"{stage}.json",
-                {
-                    "run_id": run.info.run_id,
-                    "parent_run_id": parent_id,
-                    "pipeline_id": info["pipeline_id"],
-                    "pipeline_name": info["pipeline_name"],
-                    "experiment_id": exp_id,
-                    "tracking_uri": uri,
-                    "params_hash": info["params_hash"],
-                },
-            )
+            _close_stage(client, run.info.run_id, exp_id, parent_id, stage, info)
         status = "FINISHED"
     except KeyboardInterrupt:
         status = "KILLED"
