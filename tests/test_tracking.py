@@ -260,6 +260,24 @@ def test_method_names():
     assert method_name(0.0, True) == "GAIN_ext" == method_name(1.0, True)
 
 
+def test_only_stages_whose_params_include_gain_tag_the_method(mlflow_uri, monkeypatch):
+    """The method comes from gain.alpha and gain.ext, so only a stage that reads gain.* names it: `data` opens
+    the pipeline run without a `method` tag, `gain` tags its own run and the pipeline run, `seeds` neither."""
+    assert [s for s, sections in STAGE_PARAMS.items() if "gain" in sections] == ["gain"]
+    gradcam = parse_params(deep_update(read_yaml(REPO / "params.yaml"), {"gain": {"alpha": 0.0}}))
+    monkeypatch.setenv("GAIN_PIPELINE_ID", "pipe-method")
+    client = client_for(mlflow_uri)
+    runs, parent_tags = {}, {}
+    for stage in ("data", "gain", "seeds"):
+        with stage_run(stage, gradcam) as run:
+            runs[stage], parent_id = run.run_id, run.parent_id
+        parent_tags[stage] = client.get_run(parent_id).data.tags
+    tags = {stage: client.get_run(run_id).data.tags for stage, run_id in runs.items()}
+    assert "method" not in tags["data"] and "method" not in parent_tags["data"]
+    assert tags["gain"]["method"] == "Grad-CAM" == parent_tags["gain"]["method"]
+    assert "method" not in tags["seeds"] and parent_tags["seeds"]["method"] == "Grad-CAM"
+
+
 def test_provenance_finds_the_run_behind_each_output(mlflow_uri, tmp_repo, monkeypatch, params):
     """report.md names, per stage, the run whose output is in the workspace now, also when that run belongs
     to an earlier pipeline (DVC restored or kept the output)."""
@@ -311,6 +329,7 @@ def test_a_pipeline_run_names_the_run_behind_an_output_it_did_not_produce(
         == f"GAIN-{client.get_run(gain_run).data.tags['mlflow.parentRunId'][:8]}"
     )
     assert parent.data.metrics == {"map": 0.5, "seed_miou": 0.25}
+    assert parent.data.tags["method"] == "GAIN"  # from the gain run that made the restored model
     assert (
         "restored" not in client.get_run(client.get_run(gain_run).data.tags["mlflow.parentRunId"]).data.tags
     )

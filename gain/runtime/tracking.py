@@ -9,6 +9,8 @@ Each stage reopens it (RUNNING) and closes it again when it ends (FINISHED, or F
 so a pipeline stopped after any stage is left closed; a stage killed outright leaves both runs RUNNING until
 the next stage on this host marks them KILLED (gain/runtime/store.py `reap_dead_runs`).
 
+Tag `method` is set by the stages whose params include gain.* (the method is theirs), on their run and on
+the pipeline run; a pipeline that restored the gain stage's output takes it from the run that produced it.
 Where the store is and how it is checked: gain/runtime/store.py; git and DVC: gain/runtime/provenance.py.
 """
 
@@ -253,8 +255,9 @@ def record_outputs(client, exp_id: str, parent_id: str, stages: list[str]) -> di
 
     A stage whose output came from a run of another pipeline (DVC restored it from its run-cache, or kept it
     as up to date) is tagged `restored.<stage>` = that run's id and `restored.<stage>.pipeline` = its
-    pipeline's name, and `restored` lists every such stage; the stages' metrics files (their headline
-    numbers) are copied onto the pipeline run, so it never shows fewer metrics than `dvc exp show`.
+    pipeline's name (and takes that run's `method` tag, if any), and `restored` lists every such stage; the
+    stages' metrics files (their headline numbers) are copied onto the pipeline run, so it never shows fewer
+    metrics than `dvc exp show`.
     -> {stage: producing run id} of the restored stages among `stages`."""
     from mlflow.entities import Metric, RunTag
 
@@ -266,6 +269,8 @@ def record_outputs(client, exp_id: str, parent_id: str, stages: list[str]) -> di
             restored[stage] = run.info.run_id
             tags.append(RunTag(f"restored.{stage}", run.info.run_id))
             tags.append(RunTag(f"restored.{stage}.pipeline", run.data.tags.get("pipeline_name", "")))
+            if "method" in run.data.tags:  # the method behind the restored output, from the run that made it
+                tags.append(RunTag("method", run.data.tags["method"]))
         for path in OUTPUTS[stage]["metrics"]:
             if Path(path).is_file():
                 values |= _metric_values(read_json(path))
@@ -298,21 +303,26 @@ def record_pipeline(params: Params) -> dict[str, str] | None:
 
 
 def _pipeline_run(client, exp_id: str, info: dict, params: Params) -> str:
-    """Find this pipeline's parent run and reopen it, or create it (named, tagged, every DVC param)."""
+    """Find this pipeline's parent run and reopen it, or create it (named, tagged, every DVC param). It is
+    named after the method of the params it carries, whichever stage opens it; tag `method` comes from a
+    stage whose params include gain.* (info["method"])."""
     parents = client.search_runs(
         [exp_id], filter_string=f"tags.pipeline_id = '{info['pipeline_id']}' and tags.kind = 'pipeline'"
     )
     if parents:
         parent_id = parents[0].info.run_id
         client.update_run(parent_id, status="RUNNING")
+        if "method" in info:
+            client.set_tag(parent_id, "method", info["method"])
         info["pipeline_name"] = parents[0].info.run_name
         return parent_id
     tags = {k: info[k] for k in ("pipeline_id", "git_commit", "dvc_exp_name", "dvc_exp_baseline_rev")}
-    tags |= {"kind": "pipeline", "method": info["method"], "command": info["command"][:5000]}
-    tags |= {"overrides": info["overrides"][:5000]}
+    tags |= {"kind": "pipeline", "command": info["command"][:5000], "overrides": info["overrides"][:5000]}
+    tags |= {"method": info["method"]} if "method" in info else {}
     parent = client.create_run(exp_id, tags=tags)
     parent_id = parent.info.run_id
-    info["pipeline_name"] = info["dvc_exp_name"] or f"{info['method']}-{parent_id[:8]}"
+    method = method_name(params.gain.alpha, params.gain.ext)
+    info["pipeline_name"] = info["dvc_exp_name"] or f"{method}-{parent_id[:8]}"
     client.update_run(parent_id, name=info["pipeline_name"])
     entities = _params_entities(flatten(section_dict(params, DVC_PARAMS)))
     for i in range(0, len(entities), 100):  # MLflow takes at most 100 params per call
@@ -348,7 +358,7 @@ def _open_experiment(params: Params, root: Path):
 
 def _run_info(stage: str, params: Params, root: Path, uri: str) -> dict:
     """What a stage run is tagged with and report.md names: the pipeline, commit, DVC experiment, command,
-    param overrides, params hash, store and method."""
+    param overrides, params hash, store, and `method` for a stage whose params include gain.*."""
     baseline = os.environ.get("DVC_EXP_BASELINE_REV", "")
     commit = git_commit(root)
     info = {
@@ -356,7 +366,6 @@ def _run_info(stage: str, params: Params, root: Path, uri: str) -> dict:
         "git_commit": commit,
         "dvc_exp_name": os.environ.get("DVC_EXP_NAME", ""),
         "dvc_exp_baseline_rev": baseline,
-        "method": method_name(params.gain.alpha, params.gain.ext),
         "command": dvc_command(),
         "overrides": " ".join(param_overrides(params, root, baseline or "HEAD"))
         if commit != "unknown"
@@ -364,6 +373,8 @@ def _run_info(stage: str, params: Params, root: Path, uri: str) -> dict:
         "params_hash": params_hash(section_dict(params, STAGE_PARAMS[stage])),
         "tracking_uri": uri,
     }
+    if "gain" in STAGE_PARAMS[stage]:
+        info["method"] = method_name(params.gain.alpha, params.gain.ext)
     return info
 
 
@@ -374,7 +385,7 @@ def _stage_tags(stage: str, info: dict) -> dict:
         "dvc_stage": os.environ.get("DVC_STAGE", stage),
         "host": socket.gethostname(),
         "process": process_tag(),
-        **{k: info[k] for k in info if k not in ("method", "overrides", "tracking_uri")},
+        **{k: info[k] for k in info if k not in ("overrides", "tracking_uri")},
     }
     tags["command"] = tags["command"][:5000]
     return tags
@@ -397,11 +408,11 @@ def _close_stage(client, run_id: str, exp_id: str, parent_id: str, stage: str, i
 def stage_run(stage: str, params: Params, *, enabled: bool = True) -> Iterator[NullRun]:
     """Open the MLflow run of one stage execution (run name = stage), nested under its pipeline's run.
 
-    Tags: stage, git commit, params hash, pipeline id and name, DVC experiment name/baseline, the command;
-    the stage's params are logged flat (`gain.alpha`), the pipeline run carries all of them. When the block
-    ends the stage run and the pipeline run are closed with the same status; a successful stage tags the
-    digest of its key output (KEY_OUTPUT) and writes `runs/<stage>.json` with the run id.
-    `enabled=False` (non-zero DDP ranks) logs nothing.
+    Tags: stage, git commit, params hash, pipeline id and name, DVC experiment name/baseline, the command,
+    and `method` where the stage's params include gain.*; the stage's params are logged flat (`gain.alpha`),
+    the pipeline run carries all of them. When the block ends the stage run and the pipeline run are closed
+    with the same status; a successful stage tags the digest of its key output (KEY_OUTPUT) and writes
+    `runs/<stage>.json` with the run id. `enabled=False` (non-zero DDP ranks) logs nothing.
     """
     if not enabled:
         yield NullRun()
