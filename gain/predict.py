@@ -45,8 +45,10 @@ from gain.runtime.cli import run_stage
 from gain.runtime.device import setup_runtime
 from gain.runtime.errors import InputError, StageError
 from gain.runtime.io import atomic_path, save_palette_png, write_json
+from gain.runtime.naming import REGISTERED
 from gain.runtime.params import load_params
-from gain.runtime.tracking import REGISTERED, repo_root, tracking_uri
+from gain.runtime.provenance import repo_root
+from gain.runtime.store import tracking_uri
 from gain.sec.crf import CRFPool
 from gain.sec.evaluate import crf_labels, submit_crf
 from gain.sec.evaluate import predict as sec_predict

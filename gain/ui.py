@@ -6,7 +6,7 @@
 MLflow 3's start page is a GenAI overview (traces, prompts); the stage and pipeline runs are on the
 experiment's Runs page, whose address this prints before starting `mlflow ui` on the store the stages log to
 (sqlite:///<repo>/mlflow.db, or params `runtime.mlflow.tracking_uri` / MLFLOW_TRACKING_URI). The experiment
-is created if missing and marked a machine-learning experiment (gain.runtime.tracking.EXPERIMENT_KIND). An
+is created if missing and marked a machine-learning experiment (gain.runtime.store.EXPERIMENT_KIND). An
 HTTP tracking URI is already a UI: its runs page is printed and nothing is started.
 """
 
@@ -19,7 +19,8 @@ import sys
 from mlflow.tracking import MlflowClient
 
 from gain.runtime.params import load_params
-from gain.runtime.tracking import experiment_id, repo_root, tracking_uri
+from gain.runtime.provenance import repo_root
+from gain.runtime.store import experiment_id, tracking_uri
 
 
 def runs_page(base: str, exp_id: str) -> str:

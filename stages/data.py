@@ -6,7 +6,8 @@ from gain.runtime import layout
 from gain.runtime.cli import run_stage
 from gain.runtime.io import write_json
 from gain.runtime.params import load_params
-from gain.runtime.tracking import repo_root, stage_run
+from gain.runtime.provenance import repo_root
+from gain.runtime.tracking import stage_run
 
 
 def main() -> None:

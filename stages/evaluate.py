@@ -15,8 +15,9 @@ from gain.runtime import layout
 from gain.runtime.cli import run_stage
 from gain.runtime.device import setup_runtime
 from gain.runtime.io import read_json
+from gain.runtime.naming import method_name
 from gain.runtime.params import load_params
-from gain.runtime.tracking import method_name, stage_run
+from gain.runtime.tracking import stage_run
 from gain.sec.crf import CRFPool
 from gain.sec.evaluate import evaluate_segmenter
 from gain.sec.model import load_segmenter

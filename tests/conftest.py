@@ -34,7 +34,7 @@ def mlflow_store_template(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def tmp_repo(tmp_path, monkeypatch) -> Path:
-    """cwd = an empty folder holding only an empty dvc.yaml, so gain.runtime.tracking.repo_root() resolves there."""
+    """cwd = an empty folder holding only an empty dvc.yaml, so gain.runtime.provenance.repo_root() resolves there."""
     repo = tmp_path / "repo"
     repo.mkdir()
     (repo / "dvc.yaml").write_text("")

@@ -1,5 +1,5 @@
-"""gain/runtime/tracking.py stage_run against real MLflow stores: a copied sqlite store per test, and one real
-`mlflow server` process (e2e)."""
+"""gain/runtime/tracking.py stage_run (and through it gain/runtime/store.py's checks and reaping) against real
+MLflow stores: a copied sqlite store per test, and one real `mlflow server` process (e2e)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,9 @@ from types import SimpleNamespace
 
 import pytest
 
+from gain.runtime.naming import method_name
 from gain.runtime.params import (
+    DVC_PARAMS,
     STAGE_PARAMS,
     flatten,
     load_params,
@@ -26,20 +28,8 @@ from gain.runtime.params import (
     read_yaml,
     section_dict,
 )
-from gain.runtime.tracking import (
-    DVC_PARAMS,
-    EXPERIMENT_KIND,
-    NullRun,
-    StageRun,
-    TrackingError,
-    dvc_command,
-    method_name,
-    param_overrides,
-    reap_dead_runs,
-    record_pipeline,
-    repo_root,
-    stage_run,
-)
+from gain.runtime.store import EXPERIMENT_KIND, TrackingError, reap_dead_runs
+from gain.runtime.tracking import NullRun, StageRun, record_pipeline, stage_run
 from tests.pipeline_utils import deep_update
 
 REPO = Path(__file__).resolve().parents[1]
@@ -66,14 +56,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def test_repo_root_is_the_folder_with_dvc_yaml(tmp_repo, monkeypatch):
-    (tmp_repo / "sub" / "dir").mkdir(parents=True)
-    monkeypatch.chdir(tmp_repo / "sub" / "dir")
-    assert repo_root() == tmp_repo.resolve()
-    monkeypatch.setenv("DVC_ROOT", str(tmp_repo / "sub"))
-    assert repo_root() == (tmp_repo / "sub").resolve()
 
 
 def test_stage_run_logs_a_nested_tagged_run(mlflow_uri, tmp_repo, monkeypatch, params):
@@ -278,36 +260,22 @@ def test_method_names():
     assert method_name(0.0, True) == "GAIN_ext" == method_name(1.0, True)
 
 
-def test_dvc_command_reads_the_dvc_process_command_line(monkeypatch):
-    import gain.runtime.tracking as tracking
-
-    for argv, shown in [
-        (["/x/.venv/bin/python3.11", "/x/.venv/bin/dvc", "exp", "run", "--temp", "-S", "gain.alpha=0"],
-         "dvc exp run --temp -S gain.alpha=0"),
-        (["python", "-m", "dvc", "repro"], "dvc repro"),
-        (["dvc", "exp", "exec-run", "--infofile", "f.run"], "dvc exp exec-run --infofile f.run"),
-    ]:  # fmt: skip
-        monkeypatch.setattr(tracking, "_dvc_process", lambda argv=argv: SimpleNamespace(cmdline=lambda: argv))
-        assert dvc_command() == shown
-    monkeypatch.setattr(tracking, "_dvc_process", lambda: None)
-    assert dvc_command() == ""
-
-
-def test_param_overrides_name_what_differs_from_a_commit(tmp_repo, params):
-    git = ["git", "-c", "user.name=t", "-c", "user.email=t@example.com", "-c", "commit.gpgsign=false"]
-    shutil.copyfile(REPO / "params.yaml", tmp_repo / "params.yaml")
-    subprocess.run([*git, "init", "-q"], cwd=tmp_repo, check=True)
-    subprocess.run([*git, "add", "params.yaml"], cwd=tmp_repo, check=True)
-    subprocess.run([*git, "commit", "-qm", "x"], cwd=tmp_repo, check=True)
-    assert param_overrides(params, tmp_repo, "HEAD") == []
-    changed = parse_params(
-        deep_update(
-            read_yaml(REPO / "params.yaml"),
-            {"gain": {"alpha": 0.0}, "sec": {"lr": 0.004}, "runtime": {"workers": 3}},
-        )
-    )
-    assert param_overrides(changed, tmp_repo, "HEAD") == ["gain.alpha=0.0", "sec.lr=0.004"]
-    assert param_overrides(changed, tmp_repo, "no-such-rev") == []
+def test_only_stages_whose_params_include_gain_tag_the_method(mlflow_uri, monkeypatch):
+    """The method comes from gain.alpha and gain.ext, so only a stage that reads gain.* names it: `data` opens
+    the pipeline run without a `method` tag, `gain` tags its own run and the pipeline run, `seeds` neither."""
+    assert [s for s, sections in STAGE_PARAMS.items() if "gain" in sections] == ["gain"]
+    gradcam = parse_params(deep_update(read_yaml(REPO / "params.yaml"), {"gain": {"alpha": 0.0}}))
+    monkeypatch.setenv("GAIN_PIPELINE_ID", "pipe-method")
+    client = client_for(mlflow_uri)
+    runs, parent_tags = {}, {}
+    for stage in ("data", "gain", "seeds"):
+        with stage_run(stage, gradcam) as run:
+            runs[stage], parent_id = run.run_id, run.parent_id
+        parent_tags[stage] = client.get_run(parent_id).data.tags
+    tags = {stage: client.get_run(run_id).data.tags for stage, run_id in runs.items()}
+    assert "method" not in tags["data"] and "method" not in parent_tags["data"]
+    assert tags["gain"]["method"] == "Grad-CAM" == parent_tags["gain"]["method"]
+    assert "method" not in tags["seeds"] and parent_tags["seeds"]["method"] == "Grad-CAM"
 
 
 def test_provenance_finds_the_run_behind_each_output(mlflow_uri, tmp_repo, monkeypatch, params):
@@ -361,6 +329,7 @@ def test_a_pipeline_run_names_the_run_behind_an_output_it_did_not_produce(
         == f"GAIN-{client.get_run(gain_run).data.tags['mlflow.parentRunId'][:8]}"
     )
     assert parent.data.metrics == {"map": 0.5, "seed_miou": 0.25}
+    assert parent.data.tags["method"] == "GAIN"  # from the gain run that made the restored model
     assert (
         "restored" not in client.get_run(client.get_run(gain_run).data.tags["mlflow.parentRunId"]).data.tags
     )

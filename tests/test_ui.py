@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 
 from gain.runtime.params import load_params
-from gain.runtime.tracking import EXPERIMENT_KIND, stage_run
+from gain.runtime.store import EXPERIMENT_KIND
+from gain.runtime.tracking import stage_run
 from gain.ui import runs_page
 from tests.test_tracking import free_port
 

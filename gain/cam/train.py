@@ -19,8 +19,8 @@ from gain.evaluation.figures import close_figure, save_figure
 from gain.runtime.device import Runtime
 from gain.runtime.loaders import steps_per_epoch
 from gain.runtime.loop import FitResult, Loop, Schedule, fit, sgd
+from gain.runtime.naming import method_name
 from gain.runtime.params import GainParams, RuntimeParams
-from gain.runtime.tracking import method_name
 
 
 def gain_step_losses(net, batch: dict, p: GainParams, rt: Runtime, *, mine: bool = True) -> dict:

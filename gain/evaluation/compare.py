@@ -17,7 +17,7 @@ import pandas as pd
 from gain.evaluation.figures import save_figure
 from gain.runtime.io import atomic_path
 from gain.runtime.params import load_params
-from gain.runtime.tracking import tracking_uri
+from gain.runtime.store import tracking_uri
 
 KEY_METRICS = [
     "sec_miou",

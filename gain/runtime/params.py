@@ -172,6 +172,8 @@ STAGE_PARAMS: dict[str, tuple[str, ...]] = {
     "evaluate": ("device", "seeds", "evaluate"),
     "track": (),  # annotates the MLflow pipeline run, writes nothing
 }
+# Every section that is a DVC param (the pipeline's inputs besides code and data), in params.yaml order.
+DVC_PARAMS = tuple(dict.fromkeys(k for keys in STAGE_PARAMS.values() for k in keys))
 
 
 class _Loader(yaml.SafeLoader):

@@ -1,10 +1,5 @@
 """One MLflow run per stage execution, grouped under a parent run per pipeline execution.
 
-Tracking store: `MLFLOW_TRACKING_URI` if set, else params `runtime.mlflow.tracking_uri`, else
-`sqlite:///<repo>/mlflow.db` with artifacts in `<repo>/mlartifacts/`. The repo root comes from DVC's
-`DVC_ROOT` when set, so `dvc exp run --temp` and queued experiments log into the real store rather than
-into their temporary copy.
-
 The parent run is the unit of comparison: it is named after the DVC experiment (or method + short id), carries
 every DVC param, the git commit and command, the dataset and the headline metrics (each stage copies its own
 and earlier stages' metrics files when it ends). Stages whose outputs DVC restored from its run-cache (or
@@ -12,7 +7,11 @@ kept as up to date) run no code, so the pipeline run names the run that produced
 (`restored.<stage>`); the `track` stage, after `evaluate`, records the restored later stages the same way.
 Each stage reopens it (RUNNING) and closes it again when it ends (FINISHED, or FAILED if the stage failed),
 so a pipeline stopped after any stage is left closed; a stage killed outright leaves both runs RUNNING until
-the next stage on this host marks them KILLED (`reap_dead_runs`).
+the next stage on this host marks them KILLED (gain/runtime/store.py `reap_dead_runs`).
+
+Tag `method` is set by the stages whose params include gain.* (the method is theirs), on their run and on
+the pipeline run; a pipeline that restored the gain stage's output takes it from the run that produced it.
+Where the store is and how it is checked: gain/runtime/store.py; git and DVC: gain/runtime/provenance.py.
 """
 
 from __future__ import annotations
@@ -21,24 +20,18 @@ import dataclasses
 import json
 import os
 import socket
-import subprocess
 import time
-import urllib.error
-import urllib.request
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import yaml
-
-from gain.runtime.errors import StageError
 from gain.runtime.io import file_digest, read_json, write_json
 from gain.runtime.layout import CHECKPOINTS, GAIN_MODEL, INDEX, OUTPUTS, REPORTS, RUNS, SEC_MODEL
-from gain.runtime.params import STAGE_PARAMS, Params, flatten, params_hash, parse_params, section_dict
+from gain.runtime.naming import REGISTERED, method_name
+from gain.runtime.params import DVC_PARAMS, STAGE_PARAMS, Params, flatten, params_hash, section_dict
+from gain.runtime.provenance import dvc_command, git_commit, param_overrides, pipeline_id, repo_root
+from gain.runtime.store import TrackingError, checked_uri, experiment_id, process_tag, reap_dead_runs
 
-# Every section that is a DVC param (the pipeline's inputs besides code and data), in params.yaml order.
-DVC_PARAMS = tuple(dict.fromkeys(k for keys in STAGE_PARAMS.values() for k in keys))
 # The file whose digest identifies what a stage run produced (tag `output_digest`): a later stage, the
 # report or the `track` stage finds the run behind an output even when DVC restored that output from its
 # cache (the latest run that wrote those bytes). evaluate: report.md, which names its own run, so two
@@ -50,210 +43,6 @@ KEY_OUTPUT = {
     "sec": SEC_MODEL,
     "evaluate": REPORTS / "report.md",
 }
-# The experiment tag by which MLflow 3's UI tells a machine-learning experiment (runs, metrics, models) from a
-# GenAI one (traces, evaluations); without it the UI may guess GenAI and open on traces.
-EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
-# Registered-model names of the networks a stage hands on.
-REGISTERED = {"gain": "gain-classifier", "sec": "sec-segmenter"}
-
-
-class TrackingError(StageError):
-    """The tracking store cannot be used; raised before any work starts."""
-
-
-def method_name(alpha: float, ext: bool) -> str:
-    """One name per method, used in every report, figure and run name."""
-    if ext:
-        return "GAIN_ext"
-    return "GAIN" if alpha > 0 else "Grad-CAM"
-
-
-def repo_root() -> Path:
-    """DVC_ROOT if DVC runs us (also in temp experiment folders), else the nearest folder with dvc.yaml."""
-    if os.environ.get("DVC_ROOT"):
-        return Path(os.environ["DVC_ROOT"]).resolve()
-    here = Path.cwd().resolve()
-    for d in (here, *here.parents):
-        if (d / "dvc.yaml").is_file():
-            return d
-    return here
-
-
-def tracking_uri(params: Params) -> str:
-    return (
-        os.environ.get("MLFLOW_TRACKING_URI")
-        or params.runtime.mlflow.tracking_uri
-        or f"sqlite:///{repo_root() / 'mlflow.db'}"
-    )
-
-
-def check_reachable(uri: str, timeout: float = 5.0) -> None:
-    """Fail fast (seconds, not after training) when an HTTP tracking server does not answer."""
-    if not uri.startswith(("http://", "https://")):
-        return
-    try:
-        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as r:
-            if r.status != 200:
-                raise TrackingError(f"MLflow tracking server {uri} answered HTTP {r.status} on /health")
-    except (urllib.error.URLError, OSError) as e:
-        raise TrackingError(
-            f"MLflow tracking server {uri} is unreachable ({e}). Start it (mlflow server ...) or unset "
-            "MLFLOW_TRACKING_URI / params runtime.mlflow.tracking_uri to use the local sqlite store."
-        ) from None
-
-
-def check_sqlite_store(uri: str) -> None:
-    """Fail in one line naming the file when a `sqlite:///` store exists but is not a whole sqlite
-    database (truncated by a full disk or a copy cut short, or another file under that name)."""
-    if not uri.startswith("sqlite:///"):
-        return
-    path = Path(uri.removeprefix("sqlite:///"))
-    if not path.is_file() or path.stat().st_size == 0:
-        return
-    advice = f"move it aside (mv {path} {path}.broken) to start a new store, or put back a copy from a backup"
-    with open(path, "rb") as f:
-        header = f.read(100)
-    if not header.startswith(b"SQLite format 3\0") or len(header) < 100:
-        raise TrackingError(f"{path}: not an SQLite database, so not an MLflow store; {advice}")
-    page_size = int.from_bytes(header[16:18], "big")
-    page_size = 65536 if page_size == 1 else page_size
-    pages = int.from_bytes(header[28:32], "big")
-    valid = header[92:96] == header[24:28]  # the header's page count is current (SQLite >= 3.7.0 writers)
-    if valid and pages and path.stat().st_size < page_size * pages:
-        raise TrackingError(
-            f"{path}: truncated MLflow store ({path.stat().st_size:,} of {page_size * pages:,} bytes); {advice}"
-        )
-
-
-def _git(root: Path, *args: str) -> str | None:
-    try:
-        out = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=10)
-    except OSError:
-        return None
-    return out.stdout if out.returncode == 0 else None
-
-
-def git_commit(root: Path) -> str:
-    """HEAD of the repo (inside a DVC experiment: its baseline commit), or "unknown"."""
-    return (_git(root, "rev-parse", "HEAD") or "unknown").strip() or "unknown"
-
-
-def _dvc_process():
-    """The nearest ancestor process that is DVC (`dvc repro`, `dvc exp run`, a queue's `dvc exp exec-run`)."""
-    import psutil
-
-    proc = psutil.Process().parent()
-    while proc is not None:
-        argv = proc.cmdline()
-        head = " ".join(argv[:3])
-        if "dvc" in Path(argv[0] if argv else "").name or " -m dvc" in head or "/dvc " in head + " ":
-            return proc
-        proc = proc.parent()
-    return None
-
-
-def pipeline_id() -> str:
-    """An id shared by every stage of one `dvc repro` / `dvc exp run`: the DVC process that spawned us (and
-    the DVC experiment name, so two queued experiments never share one).
-
-    `GAIN_PIPELINE_ID` overrides it; a stage run by hand outside DVC gets a fresh id.
-    """
-    if os.environ.get("GAIN_PIPELINE_ID"):
-        return os.environ["GAIN_PIPELINE_ID"]
-    try:
-        proc = _dvc_process()
-        if proc is not None:
-            exp = os.environ.get("DVC_EXP_NAME", "")
-            return f"dvc-{proc.pid}-{int(proc.create_time() * 1000)}" + (f"-{exp}" if exp else "")
-    except Exception:  # psutil missing or a process vanished: fall back to a fresh id
-        pass
-    return f"manual-{uuid.uuid4().hex[:12]}"
-
-
-def dvc_command() -> str:
-    """The command line of the DVC process running this stage (`dvc exp run --temp -S gain.alpha=0`);
-    "" outside DVC. A queued experiment shows as DVC's own `dvc exp exec-run ...`."""
-    try:
-        proc = _dvc_process()
-        argv = proc.cmdline() if proc is not None else []
-    except Exception:
-        return ""
-    for i, arg in enumerate(argv):
-        if Path(arg).name == "dvc" or arg == "dvc":
-            return " ".join(["dvc", *argv[i + 1 :]])
-        if arg == "-m" and i + 1 < len(argv) and argv[i + 1] == "dvc":
-            return " ".join(["dvc", *argv[i + 2 :]])
-    return " ".join(argv)
-
-
-def param_overrides(params: Params, root: Path, rev: str) -> list[str]:
-    """`key=value` for every DVC param that differs from params.yaml at git revision `rev` (what `-S` or an
-    edit changed), sorted; [] when that file cannot be read."""
-    text = _git(root, "show", f"{rev}:params.yaml")
-    if not text:
-        return []
-    try:
-        base = flatten(section_dict(parse_params(yaml.safe_load(text), f"{rev}:params.yaml"), DVC_PARAMS))
-    except Exception:  # the baseline's params.yaml follows an older schema
-        return []
-    now = flatten(section_dict(params, DVC_PARAMS))
-    return [f"{k}={v}" for k, v in sorted(now.items()) if base.get(k) != v]
-
-
-def _process_tag() -> str:
-    """`<pid>:<start time>` of this process: with the host, enough to tell later whether it still runs."""
-    import psutil
-
-    me = psutil.Process()
-    return f"{me.pid}:{int(me.create_time())}"
-
-
-def _alive(process_tag: str) -> bool:
-    import psutil
-
-    try:
-        pid, started = process_tag.split(":")
-        return int(psutil.Process(int(pid)).create_time()) == int(started)
-    except (ValueError, psutil.Error):
-        return False
-
-
-def reap_dead_runs(client, exp_id: str) -> list[str]:
-    """Mark KILLED the stage runs still RUNNING whose process on this host is gone (a stage killed with
-    SIGKILL, a machine that lost power), and their pipeline runs: they would otherwise show as running
-    forever. -> the stage run ids."""
-    host = socket.gethostname()
-    stale = client.search_runs(
-        [exp_id],
-        filter_string=f"attributes.status = 'RUNNING' and tags.kind = 'stage' and tags.host = '{host}'",
-    )
-    reaped = []
-    for run in stale:
-        tag = run.data.tags.get("process", "")
-        if tag and not _alive(tag):
-            client.set_terminated(run.info.run_id, status="KILLED")
-            reaped.append(run.info.run_id)
-            parent = run.data.tags.get("mlflow.parentRunId")
-            if parent and client.get_run(parent).info.status == "RUNNING":
-                client.set_terminated(parent, status="KILLED")
-    return reaped
-
-
-def experiment_id(client, name: str, root: Path) -> str:
-    """The id of experiment `name`, created with its artifacts under `root`/mlartifacts if missing, and marked
-    as a machine-learning experiment (EXPERIMENT_KIND), so MLflow's UI shows its runs, not a GenAI view."""
-    exp = client.get_experiment_by_name(name)
-    if exp is None:
-        location = (root / "mlartifacts" / name).as_uri()
-        try:
-            return client.create_experiment(name, artifact_location=location, tags=dict([EXPERIMENT_KIND]))
-        except Exception:  # another stage process created it first
-            exp = client.get_experiment_by_name(name)
-            if exp is None:
-                raise
-    if exp.tags.get(EXPERIMENT_KIND[0]) != EXPERIMENT_KIND[1]:  # created before the tag was set
-        client.set_experiment_tag(exp.experiment_id, *EXPERIMENT_KIND)
-    return exp.experiment_id
 
 
 def _metric_values(metrics: dict) -> dict[str, float]:
@@ -466,8 +255,9 @@ def record_outputs(client, exp_id: str, parent_id: str, stages: list[str]) -> di
 
     A stage whose output came from a run of another pipeline (DVC restored it from its run-cache, or kept it
     as up to date) is tagged `restored.<stage>` = that run's id and `restored.<stage>.pipeline` = its
-    pipeline's name, and `restored` lists every such stage; the stages' metrics files (their headline
-    numbers) are copied onto the pipeline run, so it never shows fewer metrics than `dvc exp show`.
+    pipeline's name (and takes that run's `method` tag, if any), and `restored` lists every such stage; the
+    stages' metrics files (their headline numbers) are copied onto the pipeline run, so it never shows fewer
+    metrics than `dvc exp show`.
     -> {stage: producing run id} of the restored stages among `stages`."""
     from mlflow.entities import Metric, RunTag
 
@@ -479,6 +269,8 @@ def record_outputs(client, exp_id: str, parent_id: str, stages: list[str]) -> di
             restored[stage] = run.info.run_id
             tags.append(RunTag(f"restored.{stage}", run.info.run_id))
             tags.append(RunTag(f"restored.{stage}.pipeline", run.data.tags.get("pipeline_name", "")))
+            if "method" in run.data.tags:  # the method behind the restored output, from the run that made it
+                tags.append(RunTag("method", run.data.tags["method"]))
         for path in OUTPUTS[stage]["metrics"]:
             if Path(path).is_file():
                 values |= _metric_values(read_json(path))
@@ -498,10 +290,7 @@ def record_pipeline(params: Params) -> dict[str, str] | None:
     when no stage of this pipeline logged a run (everything came from DVC's cache: nothing to annotate)."""
     from mlflow.tracking import MlflowClient
 
-    uri = tracking_uri(params)
-    check_reachable(uri)
-    check_sqlite_store(uri)
-    client = MlflowClient(uri)
+    client = MlflowClient(checked_uri(params))
     exp = client.get_experiment_by_name(params.runtime.mlflow.experiment)
     if exp is None:
         return None
@@ -514,21 +303,26 @@ def record_pipeline(params: Params) -> dict[str, str] | None:
 
 
 def _pipeline_run(client, exp_id: str, info: dict, params: Params) -> str:
-    """Find this pipeline's parent run and reopen it, or create it (named, tagged, every DVC param)."""
+    """Find this pipeline's parent run and reopen it, or create it (named, tagged, every DVC param). It is
+    named after the method of the params it carries, whichever stage opens it; tag `method` comes from a
+    stage whose params include gain.* (info["method"])."""
     parents = client.search_runs(
         [exp_id], filter_string=f"tags.pipeline_id = '{info['pipeline_id']}' and tags.kind = 'pipeline'"
     )
     if parents:
         parent_id = parents[0].info.run_id
         client.update_run(parent_id, status="RUNNING")
+        if "method" in info:
+            client.set_tag(parent_id, "method", info["method"])
         info["pipeline_name"] = parents[0].info.run_name
         return parent_id
     tags = {k: info[k] for k in ("pipeline_id", "git_commit", "dvc_exp_name", "dvc_exp_baseline_rev")}
-    tags |= {"kind": "pipeline", "method": info["method"], "command": info["command"][:5000]}
-    tags |= {"overrides": info["overrides"][:5000]}
+    tags |= {"kind": "pipeline", "command": info["command"][:5000], "overrides": info["overrides"][:5000]}
+    tags |= {"method": info["method"]} if "method" in info else {}
     parent = client.create_run(exp_id, tags=tags)
     parent_id = parent.info.run_id
-    info["pipeline_name"] = info["dvc_exp_name"] or f"{info['method']}-{parent_id[:8]}"
+    method = method_name(params.gain.alpha, params.gain.ext)
+    info["pipeline_name"] = info["dvc_exp_name"] or f"{method}-{parent_id[:8]}"
     client.update_run(parent_id, name=info["pipeline_name"])
     entities = _params_entities(flatten(section_dict(params, DVC_PARAMS)))
     for i in range(0, len(entities), 100):  # MLflow takes at most 100 params per call
@@ -542,26 +336,13 @@ def _params_entities(flat: dict) -> list:
     return [Param(k, str(v)[:6000]) for k, v in flat.items()]
 
 
-@contextmanager
-def stage_run(stage: str, params: Params, *, enabled: bool = True) -> Iterator[NullRun]:
-    """Open the MLflow run of one stage execution (run name = stage), nested under its pipeline's run.
-
-    Tags: stage, git commit, params hash, pipeline id and name, DVC experiment name/baseline, the command;
-    the stage's params are logged flat (`gain.alpha`), the pipeline run carries all of them. When the block
-    ends the stage run and the pipeline run are closed with the same status; a successful stage tags the
-    digest of its key output (KEY_OUTPUT) and writes `runs/<stage>.json` with the run id.
-    `enabled=False` (non-zero DDP ranks) logs nothing.
-    """
-    if not enabled:
-        yield NullRun()
-        return
+def _open_experiment(params: Params, root: Path):
+    """The checked store (checked_uri), made mlflow's current one, and the experiment's id in it: -> (uri,
+    client, experiment id). Runs of this host's killed stages are reaped first (reap_dead_runs)."""
     import mlflow
     from mlflow.tracking import MlflowClient
 
-    root = repo_root()
-    uri = tracking_uri(params)
-    check_reachable(uri)
-    check_sqlite_store(uri)
+    uri = checked_uri(params)
     mlflow.set_tracking_uri(uri)
     try:
         client = MlflowClient(uri)
@@ -571,9 +352,13 @@ def stage_run(stage: str, params: Params, *, enabled: bool = True) -> Iterator[N
         raise TrackingError(
             f"MLflow store {uri}: cannot open experiment {params.runtime.mlflow.experiment!r} ({first[:300]})"
         ) from e
-
     reap_dead_runs(client, exp_id)
-    used = section_dict(params, STAGE_PARAMS[stage])
+    return uri, client, exp_id
+
+
+def _run_info(stage: str, params: Params, root: Path, uri: str) -> dict:
+    """What a stage run is tagged with and report.md names: the pipeline, commit, DVC experiment, command,
+    param overrides, params hash, store, and `method` for a stage whose params include gain.*."""
     baseline = os.environ.get("DVC_EXP_BASELINE_REV", "")
     commit = git_commit(root)
     info = {
@@ -581,31 +366,70 @@ def stage_run(stage: str, params: Params, *, enabled: bool = True) -> Iterator[N
         "git_commit": commit,
         "dvc_exp_name": os.environ.get("DVC_EXP_NAME", ""),
         "dvc_exp_baseline_rev": baseline,
-        "method": method_name(params.gain.alpha, params.gain.ext),
         "command": dvc_command(),
         "overrides": " ".join(param_overrides(params, root, baseline or "HEAD"))
         if commit != "unknown"
         else "",
-        "params_hash": params_hash(used),
+        "params_hash": params_hash(section_dict(params, STAGE_PARAMS[stage])),
         "tracking_uri": uri,
     }
-    parent_id = _pipeline_run(client, exp_id, info, params)
+    if "gain" in STAGE_PARAMS[stage]:
+        info["method"] = method_name(params.gain.alpha, params.gain.ext)
+    return info
+
+
+def _stage_tags(stage: str, info: dict) -> dict:
     tags = {
         "kind": "stage",
         "stage": stage,
         "dvc_stage": os.environ.get("DVC_STAGE", stage),
         "host": socket.gethostname(),
-        "process": _process_tag(),
-        **{k: info[k] for k in info if k not in ("method", "overrides", "tracking_uri")},
+        "process": process_tag(),
+        **{k: info[k] for k in info if k not in ("overrides", "tracking_uri")},
     }
     tags["command"] = tags["command"][:5000]
+    return tags
+
+
+def _close_stage(client, run_id: str, exp_id: str, parent_id: str, stage: str, info: dict) -> None:
+    """A successful stage: tag its key output's digest, bring the pipeline run up to date on the outputs final
+    now (this and earlier stages': their metrics and which came from earlier runs; later ones are not yet),
+    and write the pointer `runs/<stage>.json`."""
+    if Path(KEY_OUTPUT[stage]).is_file():
+        client.set_tag(run_id, "output_digest", file_digest(KEY_OUTPUT[stage]))
+    record_outputs(client, exp_id, parent_id, list(KEY_OUTPUT)[: list(KEY_OUTPUT).index(stage) + 1])
+    pointer = {"run_id": run_id, "parent_run_id": parent_id, "pipeline_id": info["pipeline_id"]}
+    pointer |= {"pipeline_name": info["pipeline_name"], "experiment_id": exp_id}
+    pointer |= {k: info[k] for k in ("tracking_uri", "params_hash")}
+    write_json(RUNS / f"{stage}.json", pointer)
+
+
+@contextmanager
+def stage_run(stage: str, params: Params, *, enabled: bool = True) -> Iterator[NullRun]:
+    """Open the MLflow run of one stage execution (run name = stage), nested under its pipeline's run.
+
+    Tags: stage, git commit, params hash, pipeline id and name, DVC experiment name/baseline, the command,
+    and `method` where the stage's params include gain.*; the stage's params are logged flat (`gain.alpha`),
+    the pipeline run carries all of them. When the block ends the stage run and the pipeline run are closed
+    with the same status; a successful stage tags the digest of its key output (KEY_OUTPUT) and writes
+    `runs/<stage>.json` with the run id. `enabled=False` (non-zero DDP ranks) logs nothing.
+    """
+    if not enabled:
+        yield NullRun()
+        return
+    import mlflow
+
+    root = repo_root()
+    uri, client, exp_id = _open_experiment(params, root)
+    info = _run_info(stage, params, root, uri)
+    parent_id = _pipeline_run(client, exp_id, info, params)
     status = "FAILED"
     try:
         with mlflow.start_run(
-            experiment_id=exp_id, run_name=stage, parent_run_id=parent_id, tags=tags
+            experiment_id=exp_id, run_name=stage, parent_run_id=parent_id, tags=_stage_tags(stage, info)
         ) as run:
             client.set_tag(parent_id, "last_stage", stage)
-            mlflow.log_params(flatten(used))
+            mlflow.log_params(flatten(section_dict(params, STAGE_PARAMS[stage])))
             # Every stage also records the whole params file, so any run can be compared on any knob.
             client.log_dict(run.info.run_id, dataclasses.asdict(params), "params.json")
             tracker = StageRun(
@@ -617,23 +441,7 @@ def stage_run(stage: str, params: Params, *, enabled: bool = True) -> Iterator[N
                 # mlflow's context would close an interrupted run as FAILED: one status, KILLED, for both
                 mlflow.end_run(status="KILLED")
                 raise
-            if Path(KEY_OUTPUT[stage]).is_file():
-                mlflow.set_tag("output_digest", file_digest(KEY_OUTPUT[stage]))
-            # This stage's and earlier stages' outputs are final now (later ones are not yet): on the
-            # pipeline run, their metrics and which of them came from earlier runs.
-            record_outputs(client, exp_id, parent_id, list(KEY_OUTPUT)[: list(KEY_OUTPUT).index(stage) + 1])
-            write_json(
-                RUNS / f"{stage}.json",
-                {
-                    "run_id": run.info.run_id,
-                    "parent_run_id": parent_id,
-                    "pipeline_id": info["pipeline_id"],
-                    "pipeline_name": info["pipeline_name"],
-                    "experiment_id": exp_id,
-                    "tracking_uri": uri,
-                    "params_hash": info["params_hash"],
-                },
-            )
+            _close_stage(client, run.info.run_id, exp_id, parent_id, stage, info)
         status = "FINISHED"
     except KeyboardInterrupt:
         status = "KILLED"
