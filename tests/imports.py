@@ -22,7 +22,7 @@ def nested_imports(path: Path) -> list[str]:
 
 
 if __name__ == "__main__":  # print each stage's code deps, for dvc.yaml
-    for stage in ("data", "gain", "seeds", "sec", "evaluate"):
+    for stage in ("data", "gain", "seeds", "sec", "evaluate", "track"):
         print(f"{stage}:")
         for path in sorted(map(str, closure(f"stages.{stage}"))):
             print(f"      - {path}")
