@@ -10,7 +10,7 @@ import torch
 from gain.cam.model import load_classifier
 from gain.data.dataset import DatasetIndex, VOCDataset
 from gain.data.transforms import eval_preset
-from gain.evaluation.report import attention_crf_reference, qualitative_figure, write_evaluation
+from gain.report.evaluation import attention_crf_reference, qualitative_figure, write_evaluation
 from gain.runtime import layout
 from gain.runtime.cli import run_stage
 from gain.runtime.device import setup_runtime

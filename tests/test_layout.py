@@ -107,4 +107,66 @@ def test_stage_scripts_are_thin():
 
 def test_library_has_a_wing_per_stage():
     wings = {p.name for p in (REPO / "gain").iterdir() if p.is_dir() and (p / "__init__.py").is_file()}
-    assert {"data", "cam", "seeds", "sec", "evaluation", "runtime", "models"} <= wings
+    assert {"data", "cam", "seeds", "sec", "evaluation", "report", "runtime", "models"} <= wings
+
+
+# The library's floors and wings, lowest first: a module imports only from its own package and from
+# packages on lower floors, so shared tools never reach up into a stage's wing and wings never sideways.
+FLOORS = [
+    {"runtime"},  # params, device, the loop, checkpoints, tracking
+    {"data", "photos"},  # the data set, users' photos
+    {"models", "evaluation"},  # trunks; metrics, figures (shared by every wing above)
+    {"cam"},  # the gain stage
+    {"seeds"},  # the seeds stage (reads attention)
+    {"sec"},  # the sec stage
+    {"report"},  # the evaluate stage's report, the MLflow comparison
+    {"stages"},  # the DVC stage scripts and their run()
+    {"study", "predict", "ui"},  # drivers over whole pipelines
+]
+
+
+def package_of(module: str) -> str:
+    """gain.cam.model -> cam, gain.predict -> predict, stages.sec -> stages."""
+    parts = module.split(".")
+    return "stages" if parts[0] == "stages" else parts[1]
+
+
+def floor_of(package: str) -> int:
+    found = [i for i, names in enumerate(FLOORS) if package in names]
+    assert found, f"gain/{package} is on no floor: add it to FLOORS in {Path(__file__).name}"
+    return found[0]
+
+
+def import_edges() -> set[tuple[str, str, str]]:
+    """(file, importing package, imported package) for every import between two packages of the repo."""
+    from tests.imports import imported_modules
+
+    edges = set()
+    for path in [*(REPO / "gain").rglob("*.py"), *(REPO / "stages").glob("*.py")]:
+        module = ".".join(path.relative_to(REPO).with_suffix("").parts)
+        if module.count(".") == 0 or module.endswith("__init__") and module.count(".") == 1:
+            continue
+        for target in imported_modules(path):
+            if target.count(".") >= 1 and package_of(target) != package_of(module):
+                edges.add((str(path.relative_to(REPO)), package_of(module), package_of(target)))
+    return edges
+
+
+def upward(edges) -> list[str]:
+    return [f"{f}: {a} -> {b}" for f, a, b in sorted(edges) if floor_of(b) >= floor_of(a)]
+
+
+def test_imports_between_wings_point_downward():
+    bad = upward(import_edges())
+    assert not bad, "imports that do not point to a lower floor:\n" + "\n".join(bad)
+
+
+def test_the_floor_rule_sees_real_edges_and_reports_upward_and_sideways_ones():
+    edges = import_edges()
+    assert ("gain/cam/train.py", "cam", "evaluation") in edges  # downward: allowed
+    assert ("stages/evaluate.py", "stages", "report") in edges
+    assert not upward({("gain/cam/train.py", "cam", "evaluation")})
+    assert upward({("gain/evaluation/x.py", "evaluation", "cam")}) == [
+        "gain/evaluation/x.py: evaluation -> cam"
+    ]
+    assert upward({("gain/models/x.py", "models", "evaluation")})  # sideways on one floor

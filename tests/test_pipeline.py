@@ -419,7 +419,7 @@ def test_an_unknown_top_level_key_stops_dvc_repro_in_one_line(pipeline, tmp_path
 def test_compare_tables_one_row_per_pipeline_run(changed):
     """Two pipeline executions with runs (the first and the sec.lr change); only sec.lr differs."""
     repo = changed[0]
-    out = python(repo, "-m", "gain.evaluation.compare", "--out", "reports/compare")
+    out = python(repo, "-m", "gain.report.compare", "--out", "reports/compare")
     import pandas as pd
 
     df = pd.read_csv(repo / "reports/compare.csv")
@@ -572,7 +572,7 @@ def test_compare_labels_each_pipeline_run_by_its_name(experiments, monkeypatch):
     import mlflow
     import pandas as pd
 
-    from gain.evaluation.compare import main as compare
+    from gain.report.compare import main as compare
 
     monkeypatch.chdir(repo)
     try:

@@ -6,9 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from gain.evaluation.compare import changed_params, comparison, comparison_figure, pipeline_table
 from gain.evaluation.figures import close_figure, colorize, grid_figure
-from gain.evaluation.report import provenance_lines, render
+from gain.report.compare import changed_params, comparison, comparison_figure, pipeline_table
+from gain.report.evaluation import provenance_lines, render
 from gain.runtime.loop import FitResult
 from gain.runtime.stage import write_training_reports
 from gain.runtime.tracking import NullRun

@@ -1,1 +1,1 @@
-"""The `evaluate` stage and comparisons: metrics, figures, the report and the MLflow run comparison."""
+"""The floor under cam/, seeds/ and sec/: metrics (the confusion matrix, mAP), figures and the offline `dvc plots` template."""

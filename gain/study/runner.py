@@ -24,7 +24,7 @@ from gain.data.dataset import DatasetIndex, VOCDataset
 from gain.data.heldout import carve_heldout
 from gain.data.prepare import prepare_dataset
 from gain.data.transforms import eval_preset
-from gain.evaluation.report import attention_crf_reference
+from gain.report.evaluation import attention_crf_reference
 from gain.runtime.codebase import code_fingerprint
 from gain.runtime.device import CPU, seed_everything
 from gain.runtime.io import write_json

@@ -1,6 +1,6 @@
 """Compare pipeline runs: one row per MLflow pipeline run (the parent of the stage runs) of an experiment.
 
-    python -m gain.evaluation.compare [--experiment gain-sec] [--out reports/compare]
+    python -m gain.report.compare [--experiment gain-sec] [--out reports/compare]
 
 Writes <out>.csv (name, params that differ between runs, headline metrics) and <out>.png (grouped bars, one
 group per pipeline run, labelled with its name: the DVC experiment name, or method + short run id).
