@@ -20,8 +20,9 @@ HEADS = ("gap", "vgg_fc")
 
 class Classifier(nn.Module):
     """Multi-label classifier: feats = trunk(x) (B, K, h, w), the map attention is computed on; logits =
-    head(feats) (B, C-1). head "gap": global average pooling + a linear layer; "vgg_fc" (vgg16 only):
-    VGG16's pool5, fc6 and fc7 (ImageNet's with `weights: imagenet`) + a new linear class layer."""
+    head(feats) (B, C-1). head "gap": global average pooling + a linear layer on the trunk's channels
+    (`trunk.spec.out_channels`); "vgg_fc" (vgg16 only): VGG16's pool5, fc6 and fc7 (ImageNet's with
+    `weights: imagenet`) + a new linear class layer."""
 
     def __init__(self, backbone: str, num_classes: int, weights: str = "none", head: str = "gap"):
         super().__init__()
@@ -32,8 +33,8 @@ class Classifier(nn.Module):
                 raise ValueError(f"head vgg_fc: needs the vgg16 backbone, got {backbone!r}")
             self.trunk, self.fc_layers, ch = build_vgg16_with_fc(weights)
         else:
-            self.trunk, ch = build_trunk(backbone, weights)
-            self.fc_layers = None
+            self.trunk, self.fc_layers = build_trunk(backbone, weights), None
+            ch = self.trunk.spec.out_channels
         self.fc = nn.Linear(ch, num_classes)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
