@@ -12,7 +12,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from gain.cam.evaluate import attention_figure, evaluate_classifier
 from gain.cam.losses import gain_loss
-from gain.cam.model import build_gain
+from gain.cam.model import build_gain, gain_record
 from gain.data.dataset import DatasetIndex, VOCDataset
 from gain.data.heldout import carve_heldout
 from gain.data.transforms import eval_preset, train_preset
@@ -108,7 +108,7 @@ def train_gain(
         step_fn=lambda batch, step: gain_step_losses(net, batch, p, rt, mine=step >= warmup_steps),
         lr_at=lambda step: 0.5 * p.lr * (1 + math.cos(math.pi * step / max(total, 1))),  # cosine decay
         eval_fn=eval_fn,
-        meta={"params": asdict(p), "classes": list(index.classes)},
+        meta={"params": asdict(p), "classes": list(index.classes), **gain_record(model)},
     )
     schedule = Schedule(
         total_steps=total,

@@ -58,6 +58,18 @@ class TrunkSpec:
         return dataclasses.asdict(self)
 
 
+def check_recorded(trunk: nn.Module, recorded: dict, source: str | Path) -> None:
+    """Raise WeightsError, naming `source`, when a trunk rebuilt from a model file is not the one the file
+    records (any recorded field of its `TrunkSpec` differs)."""
+    built = trunk.spec.record()
+    differ = {k: v for k, v in recorded.items() if built.get(k) != v}
+    if differ:
+        raise WeightsError(
+            f"{source}: records the trunk {recorded}, but this code builds {built} for it; rerun the stage "
+            "that wrote the file (dvc repro)"
+        )
+
+
 class SmallTrunk(nn.Sequential):
     """A fast CPU backbone: output stride 8, 128 channels (14x14 at 112x112 input). Its stride-2 conv and
     2x2 pools put output cell i on input pixel 8i + 3 (not corner-aligned)."""

@@ -9,8 +9,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from gain.models.backbones import build_largefov_trunk
-from gain.runtime.checkpoint import load_checkpoint
+from gain.cam.model import read_gain_record, trunk_state
+from gain.models.backbones import build_largefov_trunk, check_recorded
+from gain.runtime.checkpoint import CheckpointError, load_checkpoint
 from gain.runtime.errors import InputError
 from gain.runtime.params import SecParams
 
@@ -94,27 +95,34 @@ class LargeFOV(nn.Module):
 
 
 def build_sec(p: SecParams, num_classes: int, gain_ckpt: Path | None) -> LargeFOV:
-    """LargeFOV on the configured backbone; init: gain (the GAIN classifier's trunk), imagenet or none."""
+    """LargeFOV on the configured backbone; init: gain (the GAIN classifier's trunk, `trunk_state` of the
+    GAIN model file), imagenet or none."""
     model = LargeFOV(p.backbone, num_classes, weights="imagenet" if p.init == "imagenet" else "none")
     if p.init == "gain":
         if gain_ckpt is None or not gain_ckpt.is_file():
             raise InputError(f"{gain_ckpt}: sec.init is 'gain' but the GAIN model is missing")
         state = load_checkpoint(gain_ckpt)
-        if state["params"]["backbone"] != p.backbone:
+        backbone = read_gain_record(state, gain_ckpt)["trunk"]["name"]
+        if backbone != p.backbone:
             raise InputError(
-                f"sec.init: gain needs sec.backbone == gain.backbone, got {p.backbone!r} and "
-                f"{state['params']['backbone']!r}"
+                f"sec.init: gain needs sec.backbone == gain.backbone, got {p.backbone!r} and {backbone!r}"
             )
-        prefix = "classifier.trunk."
-        model.trunk.load_state_dict(
-            {k[len(prefix) :]: v for k, v in state["model"].items() if k.startswith(prefix)}
-        )
+        model.trunk.load_state_dict(trunk_state(state))
     return model
 
 
 def load_segmenter(path: Path) -> tuple[LargeFOV, dict]:
+    """The trained network of a SEC model file (or resume checkpoint), rebuilt on the trunk the file records
+    (files written before it was recorded: their params.backbone), and the SEC params it used."""
     state = load_checkpoint(path)
     p = state["params"]
-    model = LargeFOV(p["backbone"], len(state["classes"]), weights="none")
+    if "trunk" in state:
+        trunk = state["trunk"]
+    elif "backbone" in p:
+        trunk = {"name": p["backbone"]}
+    else:
+        raise CheckpointError(f"{path}: records neither its trunk nor params.backbone; rerun the sec stage")
+    model = LargeFOV(trunk["name"], len(state["classes"]), weights="none")
+    check_recorded(model.trunk, trunk, path)
     model.load_state_dict(state["model"])
     return model.eval(), p
