@@ -1,5 +1,5 @@
 """gain/cam/train.py: GAIN ships its last step by default, and with `gain.select: heldout` the epoch with the
-best mAP on training ids it never trained on (never val)."""
+best mAP on training ids it never trained on (never val); its model file records trunk, head and CAM."""
 
 from __future__ import annotations
 
@@ -8,14 +8,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from gain.cam import train as gain_train
+from gain.cam.model import load_classifier
 from gain.cam.train import train_gain
 from gain.data.dataset import synthetic_dataset_index
 from gain.data.heldout import carve_heldout
 from gain.data.synthetic import SyntheticConfig, generate
+from gain.models.backbones import SmallTrunk
 from gain.runtime.device import CPU, seed_everything
 from gain.runtime.params import load_params
+from gain.runtime.stage import save_model
 from gain.runtime.tracking import NullRun
 from tests.tensor_utils import record_dataset_ids, single_thread  # noqa: F401 (autouse fixture)
 
@@ -62,6 +66,15 @@ def test_gain_ships_the_last_step_by_default(index, tmp_path, monkeypatch):
     assert train_ids == index.splits["weak_train"] and held_ids == [] and val_ids == index.splits["val"]
     assert result.step == 6 and result.chosen["step"] == 6
     assert all("heldout_map" not in h for h in result.history)
+    # The model file records what rebuilding the classifier and its attention needs, and is rebuilt from it.
+    g = SHIPPED.gain
+    assert result.meta["trunk"] == SmallTrunk.spec.record() and result.meta["head"] == g.head
+    assert result.meta["cam"] == {"method": "grad_cam", "layer": "trunk", "sigma": g.sigma, "omega": g.omega}
+    save_model(tmp_path / "model.pt", result)
+    classifier, params = load_classifier(tmp_path / "model.pt")
+    assert params == result.meta["params"]
+    for key, value in classifier.state_dict().items():
+        assert torch.equal(value, result.model_state[f"classifier.{key}"]), key
 
 
 def test_gain_heldout_selection_trains_without_the_heldout_ids_and_ships_their_best_epoch(

@@ -1,3 +1,4 @@
+import dataclasses
 from types import SimpleNamespace
 
 import pytest
@@ -212,27 +213,74 @@ def geometry_twin(trunk: torch.nn.Module) -> torch.nn.Sequential:
     return torch.nn.Sequential(*mods)
 
 
-@pytest.mark.parametrize(("backbone", "size", "offset"), [("small", 112, 3), ("vgg16", 321, 0)])
-def test_output_cell_centres_match_align_corners(backbone, size, offset):
-    # small: cell i centred on input pixel 8i + 3 (half-pixel grid: 8i + 3.5); vgg16 at 321: on 8i, so the
-    # 41 cells span pixels 0..320 corner to corner, the geometry SEC's zooms assume.
-    if backbone == "vgg16":
-        features = torchvision.models.vgg.make_layers(torchvision.models.vgg.cfgs["D"])
-        trunk = vgg16_trunk(SimpleNamespace(features=features), dilated=True)
-        net = SimpleNamespace(align_corners=True)
-    else:
-        trunk, net = SmallTrunk(), LargeFOV("small", 3)
-    assert net.align_corners == (offset == 0)
+def bare_vgg16_trunk(dilated: bool) -> torch.nn.Sequential:
+    features = torchvision.models.vgg.make_layers(torchvision.models.vgg.cfgs["D"])
+    return vgg16_trunk(SimpleNamespace(features=features), dilated=dilated)
+
+
+@pytest.mark.parametrize(
+    ("make", "size", "offset"),
+    [
+        (SmallTrunk, 112, 3),
+        (lambda: bare_vgg16_trunk(True), 321, 0),
+        (lambda: bare_vgg16_trunk(False), 448, 7.5),
+    ],
+    ids=["small", "vgg16-dilated", "vgg16"],
+)
+def test_trunk_spec_is_the_measured_geometry(make, size, offset):
+    # small: cell i centred on input pixel 8i + 3 (half-pixel grid: 8i + 3.5); dilated vgg16 at 321: on 8i,
+    # so the 41 cells span pixels 0..320 corner to corner, the geometry SEC's zooms assume; vgg16 (GAIN's
+    # conv5_3): 16i + 7.5. The spec's stride and align_corners (offset 0) say the same; its channels are
+    # the output's.
+    trunk = make()
+    spec = trunk.spec
+    assert spec.align_corners == (offset == 0)
     twin = geometry_twin(trunk)
     x = torch.ones(1, 1, size, size, requires_grad=True)
     y = twin(x)
     h = y.shape[-1]
-    assert h == (size - 1) // 8 + 1
+    assert h == -(-size // spec.stride)
     for i in (h // 2 - 1, h // 2, h // 2 + 1):  # interior cells: the receptive field is not clipped
         (g,) = torch.autograd.grad(y[0, 0, i, i], x, retain_graph=True)
         rows = g[0, 0].sum(dim=1)
         centre = float((rows * torch.arange(size)).sum() / rows.sum())
-        assert centre == pytest.approx(8 * i + offset, abs=1e-3)
+        assert centre == pytest.approx(spec.stride * i + offset, abs=1e-3)
+    with torch.no_grad():
+        assert trunk.eval()(torch.zeros(1, 3, 32, 32)).shape[1] == spec.out_channels
+
+
+def test_resnet50_spec_is_its_output():
+    trunk = build_trunk("resnet50").eval()
+    spec = trunk.spec
+    assert (spec.name, spec.out_channels, spec.stride, spec.align_corners) == ("resnet50", 2048, 32, True)
+    with torch.no_grad():  # 32k + 1 pixels -> k + 1 cells, the corner-aligned grid's count
+        assert trunk(torch.zeros(1, 3, 65, 65)).shape[1:] == (2048, 3, 3)
+    with pytest.raises(ValueError, match="'resnet50' has no output-stride-8"):
+        build_trunk("resnet50", dilated=True)
+
+
+@pytest.mark.parametrize(
+    ("backbone", "width", "dilation", "align"), [("small", 256, 4, False), ("vgg16", 1024, 12, True)]
+)
+def test_largefov_head_and_grid_follow_the_trunk_spec(backbone, width, dilation, align):
+    net = LargeFOV(backbone, 3)
+    assert net.trunk.spec.native_cells == (14 if backbone == "small" else 41)
+    assert (net.fc6.out_channels, net.fc6.dilation, net.fc7.out_channels) == (width, (dilation,) * 2, width)
+    assert net.align_corners is net.trunk.spec.align_corners is align
+
+
+def test_largefov_reads_the_spec_not_the_backbone_name(monkeypatch):
+    # The small trunk's layers under another spec: 28 cells at a native 224 -> dilation round(12 * 28 / 41).
+    trunk = SmallTrunk()
+    trunk.spec = dataclasses.replace(SmallTrunk.spec, native_size=224, align_corners=True)
+    monkeypatch.setattr(sec_model, "build_largefov_trunk", lambda name, weights: (trunk, None))
+    net = LargeFOV("small", 3)
+    assert net.fc6.dilation == (8, 8) and net.fc6.out_channels == 256 and net.align_corners
+    wide = SmallTrunk()
+    wide.spec = dataclasses.replace(SmallTrunk.spec, stride=16)
+    monkeypatch.setattr(sec_model, "build_largefov_trunk", lambda name, weights: (wide, None))
+    with pytest.raises(ValueError, match="output stride 16, LargeFOV needs 8"):
+        LargeFOV("small", 3)
 
 
 # ---------------------------------------------------------------- DeepLab's vgg16_20M initialisation
@@ -284,7 +332,7 @@ def test_largefov_imagenet_init_is_vgg16_20m(monkeypatch):
         calls.append((name, imagenet))
         return source
 
-    monkeypatch.setattr(sec_model, "torchvision_model", fake_torchvision_model)
+    monkeypatch.setattr(backbones, "torchvision_model", fake_torchvision_model)
     net = LargeFOV("vgg16", 21, weights="imagenet")
     assert calls == [("vgg16", True)]  # one load serves the conv layers and fc6/fc7
     expected = decimate_vgg16_fc(source.state_dict())

@@ -165,6 +165,6 @@ def test_split_trunk_takes_the_first_layer_with_weights_on_the_grid():
 def test_split_trunk_of_resnet50_cuts_after_the_first_block_on_the_stride8_grid():
     # conv1 and the max-pool reach stride 4, layer2's first block stride 8; its second block is the first on
     # that grid. (Residual blocks are leaves with weights: the check must not take a tensor's truth value.)
-    trunk, _ = build_trunk("resnet50")
+    trunk = build_trunk("resnet50")
     pre, post = split_trunk(trunk)
     assert pre[-1] is trunk[5][1] and post[0] is trunk[5][2]

@@ -1,6 +1,7 @@
 """gain/sec/train.py and gain/sec/evaluate.py: what the SEC step hands the CRF (the unfloored log-softmax),
-which loss terms it computes, SEC's fixed-resize input, held-out checkpoint selection, and the test-time
-upsampling and unary of SEC's demo; gain/data/heldout.py's deterministic split."""
+which loss terms it computes, SEC's fixed-resize input, held-out checkpoint selection (and the model file's
+trunk record), and the test-time upsampling and unary of SEC's demo; gain/data/heldout.py's deterministic
+split."""
 
 from __future__ import annotations
 
@@ -16,12 +17,15 @@ from gain.data.dataset import synthetic_dataset_index
 from gain.data.heldout import carve_heldout
 from gain.data.synthetic import SyntheticConfig, generate
 from gain.data.transforms import RandomCrop, RandomHFlip, RandomScale, Resize
+from gain.models.backbones import SmallTrunk
 from gain.runtime.device import CPU, seed_everything
 from gain.runtime.errors import InputError
 from gain.runtime.params import load_params
+from gain.runtime.stage import save_model
 from gain.runtime.tracking import NullRun
 from gain.sec import train as sec_train
 from gain.sec.evaluate import TEST_PROB_FLOOR, crf_unary, predict
+from gain.sec.model import load_segmenter
 from gain.sec.scale import resolve, train_crf_scale
 from gain.sec.train import (
     cell_pixels,
@@ -238,3 +242,9 @@ def test_sec_heldout_selection_trains_without_the_heldout_ids_and_ships_their_be
     scores = [h["heldout_miou"] for h in result.history]
     assert len(scores) == 4 and all("miou" in h for h in result.history)  # val stays a monitoring curve
     assert result.chosen["step"] == result.history[int(np.argmax(scores))]["step"]
+    # The model file records its trunk, and is rebuilt on it.
+    assert result.meta["trunk"] == SmallTrunk.spec.record()
+    save_model(tmp_path / "model.pt", result)
+    loaded, params = load_segmenter(tmp_path / "model.pt")
+    assert params == result.meta["params"] and loaded.trunk.spec == SmallTrunk.spec
+    assert all(torch.equal(v, result.model_state[k]) for k, v in loaded.state_dict().items())

@@ -11,8 +11,8 @@ from torch import nn
 
 from gain.cam.attention import grad_cam, label_pairs, soft_mask
 from gain.data.transforms import MEAN, STD
-from gain.models.backbones import build_trunk, build_vgg16_with_fc
-from gain.runtime.checkpoint import load_checkpoint
+from gain.models.backbones import build_trunk, build_vgg16_with_fc, check_recorded
+from gain.runtime.checkpoint import CheckpointError, load_checkpoint
 from gain.runtime.params import GainParams
 
 HEADS = ("gap", "vgg_fc")
@@ -20,20 +20,22 @@ HEADS = ("gap", "vgg_fc")
 
 class Classifier(nn.Module):
     """Multi-label classifier: feats = trunk(x) (B, K, h, w), the map attention is computed on; logits =
-    head(feats) (B, C-1). head "gap": global average pooling + a linear layer; "vgg_fc" (vgg16 only):
-    VGG16's pool5, fc6 and fc7 (ImageNet's with `weights: imagenet`) + a new linear class layer."""
+    head(feats) (B, C-1). head "gap": global average pooling + a linear layer on the trunk's channels
+    (`trunk.spec.out_channels`); "vgg_fc" (vgg16 only): VGG16's pool5, fc6 and fc7 (ImageNet's with
+    `weights: imagenet`) + a new linear class layer."""
 
     def __init__(self, backbone: str, num_classes: int, weights: str = "none", head: str = "gap"):
         super().__init__()
         if head not in HEADS:
             raise ValueError(f"head: {head!r} is not one of {HEADS}")
+        self.head_name = head
         if head == "vgg_fc":
             if backbone != "vgg16":
                 raise ValueError(f"head vgg_fc: needs the vgg16 backbone, got {backbone!r}")
             self.trunk, self.fc_layers, ch = build_vgg16_with_fc(weights)
         else:
-            self.trunk, ch = build_trunk(backbone, weights)
-            self.fc_layers = None
+            self.trunk, self.fc_layers = build_trunk(backbone, weights), None
+            ch = self.trunk.spec.out_channels
         self.fc = nn.Linear(ch, num_classes)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
@@ -181,15 +183,57 @@ def build_gain(p: GainParams, num_fg: int) -> GAIN:
     )
 
 
+# The attention a GAIN classifier is trained with and read by (gain.cam.attention): Grad-CAM on the trunk's
+# output, `Classifier.features`.
+CAM = {"method": "grad_cam", "layer": "trunk"}
+TRUNK_PREFIX = "classifier.trunk."
+
+
+def gain_record(model: GAIN) -> dict:
+    """What a GAIN model file records beside its weights and params, for `load_classifier` to rebuild the
+    classifier and its attention from: the trunk's spec, the head, the CAM and its soft-mask sigma/omega."""
+    return {
+        "trunk": model.classifier.trunk.spec.record(),
+        "head": model.classifier.head_name,
+        "cam": {**CAM, "sigma": model.sigma, "omega": model.omega},
+    }
+
+
+def read_gain_record(state: dict, path: Path) -> dict:
+    """`gain_record` of a loaded GAIN model file; for a file written before it was recorded, the same read
+    from its params (backbone, head or "gap", sigma, omega: Grad-CAM on the undilated trunk then as now).
+    A file with neither is refused, naming it."""
+    if "trunk" in state:
+        return {k: state[k] for k in ("trunk", "head", "cam")}
+    p = state.get("params", {})
+    if "backbone" not in p:
+        raise CheckpointError(
+            f"{path}: records neither its trunk nor params.backbone, so it cannot be rebuilt; is it a GAIN "
+            "model file? Rerun the gain stage (dvc repro gain)"
+        )
+    cam = {**CAM, "sigma": p.get("sigma"), "omega": p.get("omega")}
+    return {"trunk": {"name": p["backbone"], "dilated": False}, "head": p.get("head", "gap"), "cam": cam}
+
+
+def trunk_state(state: dict) -> dict[str, torch.Tensor]:
+    """The trunk's weights in a loaded GAIN model file, as the trunk's own state_dict (no prefix)."""
+    model = state["model"]
+    return {k[len(TRUNK_PREFIX) :]: v for k, v in model.items() if k.startswith(TRUNK_PREFIX)}
+
+
 def load_classifier(path: Path) -> tuple[Classifier, dict]:
-    """The trained classifier of a GAIN model file (models/gain/model.pt) and the GAIN params it used."""
+    """The trained classifier of a GAIN model file (models/gain/model.pt), rebuilt from what the file
+    records (`read_gain_record`), and the GAIN params it used."""
     state = load_checkpoint(path)
-    p = state["params"]
-    # Model files written before gain.head existed hold GAP-head classifiers.
-    head = p.get("head", "gap")
-    classifier = Classifier(p["backbone"], len(state["classes"]) - 1, weights="none", head=head)
+    record = read_gain_record(state, path)
+    cam = {k: record["cam"].get(k) for k in CAM}
+    if cam != CAM:
+        raise CheckpointError(f"{path}: records the attention {cam}; this code computes {CAM}")
+    trunk = record["trunk"]
+    classifier = Classifier(trunk["name"], len(state["classes"]) - 1, weights="none", head=record["head"])
+    check_recorded(classifier.trunk, trunk, path)
     prefix = "classifier."
     classifier.load_state_dict(
         {k[len(prefix) :]: v for k, v in state["model"].items() if k.startswith(prefix)}
     )
-    return classifier.eval(), p
+    return classifier.eval(), state["params"]

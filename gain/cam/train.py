@@ -11,7 +11,7 @@ import torch
 
 from gain.cam.evaluate import attention_figure, evaluate_classifier
 from gain.cam.losses import gain_loss
-from gain.cam.model import build_gain
+from gain.cam.model import build_gain, gain_record
 from gain.data.dataset import DatasetIndex, VOCDataset
 from gain.data.heldout import training_ids
 from gain.data.transforms import eval_preset, train_preset
@@ -102,7 +102,7 @@ def train_gain(
         step_fn=lambda net, batch, step: gain_step_losses(net, batch, p, rt, mine=step >= warmup_steps),
         lr_at=lambda step: 0.5 * p.lr * (1 + math.cos(math.pi * step / max(total, 1))),  # cosine decay
         eval_fn=eval_fn,
-        meta={"params": asdict(p), "classes": list(index.classes)},
+        meta={"params": asdict(p), "classes": list(index.classes), **gain_record(model)},
     )
     schedule = Schedule(
         total_steps=total,

@@ -1,10 +1,14 @@
 """Feature trunks shared by both methods (small CPU trunk, VGG16, ResNet-50) and backbone weight loading.
 
-Trunks are plain `nn.Sequential`s; the GAIN classifier and the SEC network put their own heads on them.
+Trunks are plain `nn.Sequential`s that carry a `TrunkSpec` (`trunk.spec`): what they are and the geometry of
+their output. The GAIN classifier and the SEC network put their own heads on them, sized from the spec.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -25,10 +29,52 @@ def _conv_bn(cin: int, cout: int, *, stride: int = 1, dilation: int = 1) -> nn.S
     )
 
 
-class SmallTrunk(nn.Sequential):
-    """A fast CPU backbone: output stride 8, 128 channels (14x14 at 112x112 input)."""
+@dataclass(frozen=True)
+class TrunkSpec:
+    """What a trunk is: how to build it again (`name`, `dilated`) and its output's geometry, which heads and
+    resampling read instead of the backbone's name. Model files record it (`record`).
 
-    out_channels = 128
+    out_channels: K of its (B, K, h, w) output. stride: input pixels per output cell. align_corners: where
+    output cell i sits on the input: on pixel stride * i (True; the grid then spans an input of
+    stride * k + 1 pixels corner to corner, as `align_corners=True` resampling assumes), or part of a cell
+    inward, near the half-pixel centre stride * (i + 0.5) - 0.5 of an input of stride * k pixels (False).
+    native_size: the input side the layout is made for (DeepLab's 321 crop, ImageNet's 224, the small
+    trunk's 112).
+    """
+
+    name: str
+    dilated: bool
+    out_channels: int
+    stride: int
+    align_corners: bool
+    native_size: int
+
+    @property
+    def native_cells(self) -> int:
+        """Output cells along the native input side (41 for DeepLab's 321 at stride 8, 14 for 112)."""
+        return math.ceil(self.native_size / self.stride)
+
+    def record(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def check_recorded(trunk: nn.Module, recorded: dict, source: str | Path) -> None:
+    """Raise WeightsError, naming `source`, when a trunk rebuilt from a model file is not the one the file
+    records (any recorded field of its `TrunkSpec` differs)."""
+    built = trunk.spec.record()
+    differ = {k: v for k, v in recorded.items() if built.get(k) != v}
+    if differ:
+        raise WeightsError(
+            f"{source}: records the trunk {recorded}, but this code builds {built} for it; rerun the stage "
+            "that wrote the file (dvc repro)"
+        )
+
+
+class SmallTrunk(nn.Sequential):
+    """A fast CPU backbone: output stride 8, 128 channels (14x14 at 112x112 input). Its stride-2 conv and
+    2x2 pools put output cell i on input pixel 8i + 3 (not corner-aligned)."""
+
+    spec = TrunkSpec("small", False, out_channels=128, stride=8, align_corners=False, native_size=112)
 
     def __init__(self):
         super().__init__(
@@ -78,9 +124,10 @@ def torchvision_model(name: str, imagenet: bool) -> nn.Module:
 
 
 def vgg16_trunk(net: nn.Module, *, dilated: bool = False) -> nn.Sequential:
-    """conv1_1..relu5_3 of a torchvision VGG16 (attention on conv5_3, before pool5, as in GAIN); with
-    `dilated`, DeepLab-LargeFOV's changes for output stride 8: pool1-3 3x3 stride 2 pad 1, pool4 3x3
-    stride 1, conv5 dilation 2, and a 3x3 stride-1 pool5 (321 -> 161 -> 81 -> 41 -> 41)."""
+    """conv1_1..relu5_3 of a torchvision VGG16 (attention on conv5_3, before pool5, as in GAIN): stride 16,
+    its 2x2 pools put cell i on pixel 16i + 7.5. With `dilated`, DeepLab-LargeFOV's changes for output
+    stride 8: pool1-3 3x3 stride 2 pad 1, pool4 3x3 stride 1, conv5 dilation 2, and a 3x3 stride-1 pool5
+    (321 -> 161 -> 81 -> 41 -> 41); the padded pools put cell i on pixel 8i (corner-aligned)."""
     layers = list(net.features.children())[:30]  # up to relu5_3
     if dilated:
         for i in (4, 9, 16):  # pool1-3 as in DeepLab: 3x3, stride 2, pad 1 (321 -> 161 -> 81 -> 41)
@@ -89,7 +136,28 @@ def vgg16_trunk(net: nn.Module, *, dilated: bool = False) -> nn.Sequential:
         for i in (24, 26, 28):  # conv5_x dilation 2
             layers[i].dilation, layers[i].padding = (2, 2), (2, 2)
         layers.append(nn.MaxPool2d(kernel_size=3, stride=1, padding=1))  # pool5, stride 1
-    return nn.Sequential(*layers)
+    trunk = nn.Sequential(*layers)
+    trunk.spec = TrunkSpec(
+        "vgg16",
+        dilated,
+        out_channels=512,
+        stride=8 if dilated else 16,
+        align_corners=dilated,
+        native_size=321 if dilated else 224,
+    )
+    return trunk
+
+
+def resnet50_trunk(net: nn.Module) -> nn.Sequential:
+    """conv1..layer4 of a torchvision ResNet-50: stride 32, 2048 channels. Its stride-2 layers are all
+    padded odd kernels (7x7 pad 3, 3x3 pad 1, and 1x1), so cell i sits on pixel 32i (corner-aligned)."""
+    trunk = nn.Sequential(
+        net.conv1, net.bn1, net.relu, net.maxpool, net.layer1, net.layer2, net.layer3, net.layer4
+    )
+    trunk.spec = TrunkSpec(
+        "resnet50", False, out_channels=2048, stride=32, align_corners=True, native_size=224
+    )
+    return trunk
 
 
 def decimate_vgg16_fc(
@@ -148,25 +216,36 @@ def build_vgg16_with_fc(weights: str = "none") -> tuple[nn.Sequential, nn.Sequen
     return (trunk, *vgg16_fc_head(net))
 
 
-def build_trunk(name: str, weights: str = "none", *, dilated: bool = False) -> tuple[nn.Module, int]:
-    """Feature trunk and its channel count.
+def build_trunk(name: str, weights: str = "none", *, dilated: bool = False) -> nn.Sequential:
+    """Feature trunk (with its `spec`).
 
-    vgg16: `vgg16_trunk` (dilated: DeepLab-LargeFOV's output stride 8). resnet50: conv1..layer4.
-    `weights`: none | imagenet (torchvision's cache) | path to a state_dict (of the trunk).
+    small: `SmallTrunk` (output stride 8 either way). vgg16: `vgg16_trunk` (dilated: DeepLab-LargeFOV's
+    output stride 8). resnet50: conv1..layer4 (no dilated form). `weights`: none | imagenet (torchvision's
+    cache) | path to a state_dict (of the trunk).
     """
     if name == "small":
         if weights == "imagenet":
             raise ValueError("weights: the small backbone has no ImageNet weights; use none or a path")
-        trunk, ch = SmallTrunk(), SmallTrunk.out_channels
+        trunk = SmallTrunk()
     elif name == "vgg16":
-        trunk, ch = vgg16_trunk(torchvision_model("vgg16", weights == "imagenet"), dilated=dilated), 512
+        trunk = vgg16_trunk(torchvision_model("vgg16", weights == "imagenet"), dilated=dilated)
     elif name == "resnet50":
-        net = torchvision_model("resnet50", weights == "imagenet")
-        trunk = nn.Sequential(
-            net.conv1, net.bn1, net.relu, net.maxpool, net.layer1, net.layer2, net.layer3, net.layer4
-        )
-        ch = 2048
+        if dilated:
+            raise ValueError(
+                "backbone: 'resnet50' has no output-stride-8 (dilated) form; choose small or vgg16"
+            )
+        trunk = resnet50_trunk(torchvision_model("resnet50", weights == "imagenet"))
     else:
         raise ValueError(f"backbone: unknown {name!r}; choose small, vgg16 or resnet50")
     _load_weights(trunk, weights)
-    return trunk, ch
+    return trunk
+
+
+def build_largefov_trunk(name: str, weights: str = "none") -> tuple[nn.Sequential, dict | None]:
+    """The output-stride-8 trunk DeepLab-LargeFOV sits on (`build_trunk(dilated=True)`) and, where the
+    weights bring them, fc6/fc7 for its head: ImageNet VGG16's fully connected layers, decimated
+    (`decimate_vgg16_fc`, DeepLab's vgg16_20M), from the same single load. Else (trunk, None)."""
+    if name == "vgg16" and weights == "imagenet":
+        net = torchvision_model("vgg16", True)
+        return vgg16_trunk(net, dilated=True), decimate_vgg16_fc(net.state_dict())
+    return build_trunk(name, weights, dilated=True), None

@@ -9,10 +9,15 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from gain.models.backbones import build_trunk, decimate_vgg16_fc, torchvision_model, vgg16_trunk
-from gain.runtime.checkpoint import load_checkpoint
+from gain.cam.model import read_gain_record, trunk_state
+from gain.models.backbones import build_largefov_trunk, check_recorded
+from gain.runtime.checkpoint import CheckpointError, load_checkpoint
 from gain.runtime.errors import InputError
 from gain.runtime.params import SecParams
+
+# DeepLab-LargeFOV's fc6 on VGG16: dilation 12 on the 41x41 grid of its 321 crop, so the 3x3 kernel spans
+# 24 of 41 cells (the 7x7 window at stride 32 that VGG16's fc6 saw), 1024 channels for 512 in.
+DEEPLAB_DILATION, DEEPLAB_CELLS, WIDTH_PER_CHANNEL = 12, 41, 2
 
 
 class LargeFOV(nn.Module):
@@ -20,35 +25,31 @@ class LargeFOV(nn.Module):
     average, stride 1, pad 1) -> fc6 (3x3 dilated) -> ReLU -> dropout 0.5 -> fc7 (1x1) -> ReLU -> dropout
     0.5 -> fc8 (1x1, N(0, 0.01) weights, zero bias). Dropout is element-wise (Caffe's Dropout layer).
 
-    vgg16: fc6 dilation 12 with 1024 channels, 41x41 output at 321 input (SEC); weights="imagenet" starts
-    the trunk from ImageNet VGG16 and fc6/fc7 from its decimated fully connected layers (DeepLab's
-    vgg16_20M), so only fc8 is random. small: the same head with 256 channels and dilation 4, scaled to its
-    14x14 output.
+    The head is sized from the trunk's spec (gain.models.backbones.TrunkSpec): fc6/fc7 twice the trunk's
+    channels wide, fc6's dilation DeepLab's 12 scaled to the trunk's output grid at its native input, so
+    the kernel spans the same share of the image. vgg16: 1024 channels, dilation 12, 41x41 output at 321
+    input (SEC); weights="imagenet" starts the trunk from ImageNet VGG16 and fc6/fc7 from its decimated
+    fully connected layers (DeepLab's vgg16_20M), so only fc8 is random. small: 256 channels and dilation 4
+    on its 14x14 output at 112.
 
-    `align_corners`: where the output cells sit on the input. DeepLab's padded 3x3 stride-2 pools put cell i
-    on input pixel 8i, so at its 8k+1 input sizes (321 -> 41) the grid spans the image corner to corner, as
-    SEC's zooms assume (True). The small trunk's stride-2 conv and 2x2 pools put cell i on pixel 8i + 3,
-    the half-pixel convention of an 8k input (False). Resampling between the input and the output grid
-    (cues, the CRF's image, the test-time probabilities) follows it.
+    `align_corners` (the trunk's): where the output cells sit on the input. DeepLab's padded 3x3 stride-2
+    pools put cell i on input pixel 8i, so at its 8k+1 input sizes (321 -> 41) the grid spans the image
+    corner to corner, as SEC's zooms assume (True). The small trunk's stride-2 conv and 2x2 pools put cell i
+    on pixel 8i + 3, the half-pixel convention of an 8k input (False). Resampling between the input and the
+    output grid (cues, the CRF's image, the test-time probabilities) follows it.
     """
 
     def __init__(self, backbone: str, num_classes: int, weights: str = "none"):
         super().__init__()
-        fc_state = None
-        self.align_corners = backbone == "vgg16"
-        if backbone == "vgg16":
-            if weights == "imagenet":  # one load of the ImageNet net: its conv layers and its fc6/fc7
-                net = torchvision_model("vgg16", True)
-                self.trunk, ch = vgg16_trunk(net, dilated=True), 512
-                fc_state = decimate_vgg16_fc(net.state_dict())
-            else:
-                self.trunk, ch = build_trunk("vgg16", weights, dilated=True)
-            width, dilation = 1024, 12
-        elif backbone == "small":
-            self.trunk, ch = build_trunk("small", weights)
-            width, dilation = 256, 4
-        else:
-            raise ValueError(f"sec.backbone: unknown {backbone!r}; choose small or vgg16")
+        self.trunk, fc_state = build_largefov_trunk(backbone, weights)
+        spec = self.trunk.spec
+        if spec.stride != 8:
+            raise ValueError(
+                f"sec.backbone: {backbone!r} runs at output stride {spec.stride}, LargeFOV needs 8"
+            )
+        self.align_corners = spec.align_corners
+        ch, width = spec.out_channels, WIDTH_PER_CHANNEL * spec.out_channels
+        dilation = round(DEEPLAB_DILATION * spec.native_cells / DEEPLAB_CELLS)
         # Caffe's AVE pooling with pad divides by the full 3x3 window (count_include_pad, the default here).
         self.pool5a = nn.AvgPool2d(kernel_size=3, stride=1, padding=1)
         self.fc6 = nn.Conv2d(ch, width, kernel_size=3, padding=dilation, dilation=dilation)
@@ -94,27 +95,34 @@ class LargeFOV(nn.Module):
 
 
 def build_sec(p: SecParams, num_classes: int, gain_ckpt: Path | None) -> LargeFOV:
-    """LargeFOV on the configured backbone; init: gain (the GAIN classifier's trunk), imagenet or none."""
+    """LargeFOV on the configured backbone; init: gain (the GAIN classifier's trunk, `trunk_state` of the
+    GAIN model file), imagenet or none."""
     model = LargeFOV(p.backbone, num_classes, weights="imagenet" if p.init == "imagenet" else "none")
     if p.init == "gain":
         if gain_ckpt is None or not gain_ckpt.is_file():
             raise InputError(f"{gain_ckpt}: sec.init is 'gain' but the GAIN model is missing")
         state = load_checkpoint(gain_ckpt)
-        if state["params"]["backbone"] != p.backbone:
+        backbone = read_gain_record(state, gain_ckpt)["trunk"]["name"]
+        if backbone != p.backbone:
             raise InputError(
-                f"sec.init: gain needs sec.backbone == gain.backbone, got {p.backbone!r} and "
-                f"{state['params']['backbone']!r}"
+                f"sec.init: gain needs sec.backbone == gain.backbone, got {p.backbone!r} and {backbone!r}"
             )
-        prefix = "classifier.trunk."
-        model.trunk.load_state_dict(
-            {k[len(prefix) :]: v for k, v in state["model"].items() if k.startswith(prefix)}
-        )
+        model.trunk.load_state_dict(trunk_state(state))
     return model
 
 
 def load_segmenter(path: Path) -> tuple[LargeFOV, dict]:
+    """The trained network of a SEC model file (or resume checkpoint), rebuilt on the trunk the file records
+    (files written before it was recorded: their params.backbone), and the SEC params it used."""
     state = load_checkpoint(path)
     p = state["params"]
-    model = LargeFOV(p["backbone"], len(state["classes"]), weights="none")
+    if "trunk" in state:
+        trunk = state["trunk"]
+    elif "backbone" in p:
+        trunk = {"name": p["backbone"]}
+    else:
+        raise CheckpointError(f"{path}: records neither its trunk nor params.backbone; rerun the sec stage")
+    model = LargeFOV(trunk["name"], len(state["classes"]), weights="none")
+    check_recorded(model.trunk, trunk, path)
     model.load_state_dict(state["model"])
     return model.eval(), p

@@ -137,7 +137,7 @@ def train_sec(
             step_fn=lambda net, batch, step: sec_step_losses(net, batch, pool, p, rt),
             lr_at=lambda step: p.lr * (0.1 ** (step // p.lr_step)),  # SEC's step schedule
             eval_fn=eval_fn,
-            meta={"params": asdict(p), "classes": list(index.classes)},
+            meta={"params": asdict(p), "classes": list(index.classes), "trunk": model.trunk.spec.record()},
         )
         schedule = Schedule(
             total_steps=p.iterations,
