@@ -95,12 +95,6 @@ EQUIVALENT: dict[str, str] = {
     "gain.seeds.cues.x_make_cues__mutmut_18": _PEAK_INITIAL,
     "gain.seeds.cues.x_make_cues__mutmut_20": _PEAK_INITIAL,
     # gain/seeds/quality.py
-    "gain.seeds.quality.xǁSeedQualityǁ__post_init____mutmut_6": _COUNTS_FLOAT,
-    "gain.seeds.quality.xǁSeedQualityǁ__post_init____mutmut_8": _COUNTS_FLOAT,
-    "gain.seeds.quality.xǁSeedQualityǁcompute__mutmut_12": _RATIO_NUM_LE_DEN,
-    "gain.seeds.quality.xǁSeedQualityǁcompute__mutmut_17": _NAN_CASE,
-    "gain.seeds.quality.xǁSeedQualityǁcompute__mutmut_103": _EMPTY_MEAN,
-    "gain.seeds.quality.xǁSeedQualityǁcompute__mutmut_108": _NAN_CASE,
     # gain/evaluation/metrics.py
     "gain.evaluation.metrics.x__check_multilabel__mutmut_29": "float 0/1 labels instead of bool: the positive counts "
     "and cumulative sums are the same numbers",

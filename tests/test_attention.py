@@ -1,16 +1,19 @@
 import copy
 import math
+import re
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 import gain.cam.model
-from gain.cam.attention import EPS, attention_maps, grad_cam, label_pairs, soft_mask
+from gain.cam.attention import EPS, above_fraction, attention_maps, grad_cam, label_pairs, soft_mask
 from gain.cam.losses import gain_loss
 from gain.cam.model import GAIN, Classifier
 from gain.data.transforms import MEAN, STD
+from gain.runtime.codebase import REPO
 from tests.tensor_utils import assert_close, single_thread  # noqa: F401 (autouse fixture)
 
 
@@ -414,3 +417,29 @@ def test_grad_cam_keeps_the_weights_in_the_graph_by_default():
     cam = grad_cam(feats, clf.head(feats), torch.tensor([0]), torch.tensor([1]), normalise=False)
     (g,) = torch.autograd.grad(cam.sum(), clf.fc.weight)
     assert bool(g.abs().sum() > 0)
+
+
+def test_the_foreground_rule_is_one_function_for_numpy_and_torch():
+    maps = np.array([[[0.1, 0.3], [0.05, 0.6]], [[0.0, 0.0], [0.0, 0.0]]])  # the second map is all zero
+    expected = [[[False, True], [False, True]], [[False, False], [False, False]]]
+    np.testing.assert_array_equal(above_fraction(maps, 0.2), expected)  # 0.2 x 0.6 = 0.12: 0.1 is below
+    np.testing.assert_array_equal(above_fraction(torch.from_numpy(maps), 0.2).numpy(), expected)
+    np.testing.assert_array_equal(
+        above_fraction(maps[0], 0.5), [[False, False], [False, True]]
+    )  # 0.3: not above
+    assert above_fraction(np.zeros((0, 2, 2)), 0.2).shape == (0, 2, 2)
+
+
+def test_no_module_writes_the_foreground_rule_again():
+    """Cues, attention mIoU and coverage binarise through above_fraction; a second copy of the rule would
+    silently stay behind when it changes."""
+    rule_copy = re.compile(r">\s*\(?\s*(FG_FRACTION|\w*fraction\w*|0\.5)\s*\*\s*\w*(peak|\.max\(|\.amax\()")
+    found = [
+        f"{path}:{n}"
+        for path in (REPO / "gain").rglob("*.py")
+        if path.name != "attention.py"
+        for n, line in enumerate(path.read_text().splitlines(), 1)
+        if rule_copy.search(line)
+    ]
+    assert not found, found
+    assert rule_copy.search("fg = attn > fg_fraction * peak[:, None, None]")  # the copy it replaced is caught

@@ -15,8 +15,9 @@ from torch import nn
 from gain.cam.attention import grad_cam
 from gain.cam.evaluate import AttentionIoU, bias_accuracy, evaluate_classifier
 from gain.data.dataset import DatasetIndex
+from gain.evaluation.metrics import ConfusionMatrix
 from gain.runtime.device import CPU
-from gain.seeds.quality import SeedQuality
+from gain.seeds.quality import seed_quality
 from tests.tensor_utils import single_thread  # noqa: F401 (autouse fixture)
 
 # --------------------------------------------------------------------------------------- attention IoU
@@ -177,15 +178,15 @@ def test_seed_quality_iou_counts_unlabeled_as_misses():
     # (1,3)->0; class 2: (1,0)->2, (1,1)->unlabeled.
     # IoU bg: correct 1 / (gt 2 + seeded-as-0 2 - 1) = 1/3; class 1: 1 / (3 + 1 - 1) = 1/3;
     # class 2: 1 / (2 + 2 - 1) = 1/3 -> mIoU 1/3.
-    sq = SeedQuality(num_classes=3)
-    sq.update(np.array([[0, 255, 1, 2], [2, 255, 1, 0]]), np.array([[0, 0, 1, 1], [2, 2, 255, 1]]))
-    out = sq.compute()
+    sq = ConfusionMatrix(3)
+    sq.update(np.array([[0, 0, 1, 1], [2, 2, 255, 1]]), np.array([[0, 255, 1, 2], [2, 255, 1, 0]]))
+    out = seed_quality(sq)
     np.testing.assert_allclose(out["class_iou"], [1 / 3, 1 / 3, 1 / 3])
     assert out["miou"] == pytest.approx(1 / 3)
     # A second image: class 1 everywhere in gt, seeds 1 1 | 255 0 -> class 1 gains 2 correct, gt 4, seeded 2;
     # bg gains one wrong seed. class 1: 3 / (7 + 3 - 3) = 3/7; bg: 1 / (2 + 3 - 1) = 1/4; class 2 stays 1/3.
-    sq.update(np.array([[1, 1], [255, 0]]), np.ones((2, 2), np.int64))
-    out = sq.compute()
+    sq.update(np.ones((2, 2), np.int64), np.array([[1, 1], [255, 0]]))
+    out = seed_quality(sq)
     np.testing.assert_allclose(out["class_iou"], [1 / 4, 3 / 7, 1 / 3])
     assert out["miou"] == pytest.approx((1 / 4 + 3 / 7 + 1 / 3) / 3)
 
@@ -194,9 +195,9 @@ def test_seed_quality_miou_averages_only_classes_present():
     # 4 classes; class 3 is neither in gt nor seeded: its IoU is nan and it is not averaged.
     # bg: 2 correct / (2 + 2 - 2) = 1; class 1: gt (1,0), (1,1), seeded (1,0) -> 1 / (2 + 1 - 1) = 1/2;
     # class 2: seeded at (1,1), not in gt -> 0 / (0 + 1 - 0) = 0. mIoU = (1 + 1/2 + 0) / 3.
-    sq = SeedQuality(num_classes=4)
-    sq.update(np.array([[0, 0], [1, 2]]), np.array([[0, 0], [1, 1]]))
-    out = sq.compute()
+    sq = ConfusionMatrix(4)
+    sq.update(np.array([[0, 0], [1, 1]]), np.array([[0, 0], [1, 2]]))
+    out = seed_quality(sq)
     assert out["class_iou"][:3] == pytest.approx([1.0, 0.5, 0.0]) and math.isnan(out["class_iou"][3])
     assert out["miou"] == pytest.approx(0.5)
 

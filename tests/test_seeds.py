@@ -3,8 +3,9 @@ import math
 import numpy as np
 import pytest
 
+from gain.evaluation.metrics import ConfusionMatrix
 from gain.seeds.cues import dense_from_attention, make_cues
-from gain.seeds.quality import SeedQuality
+from gain.seeds.quality import seed_quality
 
 RULE = {"fg_fraction": 0.2, "bg_threshold": 0.05}  # SEC's foreground rule; a small background threshold
 
@@ -126,33 +127,33 @@ def check_hand_quality(out):
 
 
 def test_seed_quality_hand_computed():
-    sq = SeedQuality(num_classes=3)
-    sq.update(SEEDS, GT)
-    check_hand_quality(sq.compute())
+    sq = ConfusionMatrix(3)
+    sq.update(GT, SEEDS)
+    check_hand_quality(seed_quality(sq))
 
 
 def test_seed_quality_accumulates_and_excludes_void():
-    sq = SeedQuality(num_classes=3)
-    sq.update(SEEDS[:1], GT[:1])
-    sq.update(SEEDS[1:], GT[1:])
-    sq.update(np.array([[1, 2, 0]]), np.full((1, 3), 255))  # an all-void row: no effect
-    check_hand_quality(sq.compute())
+    sq = ConfusionMatrix(3)
+    sq.update(GT[:1], SEEDS[:1])
+    sq.update(GT[1:], SEEDS[1:])
+    sq.update(np.full((1, 3), 255), np.array([[1, 2, 0]]))  # an all-void row: no effect
+    check_hand_quality(seed_quality(sq))
 
 
 def test_seed_quality_undefined_is_nan():
-    sq = SeedQuality(num_classes=3)
-    sq.update(np.array([[0, 255]]), np.array([[0, 1]]))
-    out = sq.compute()
+    sq = ConfusionMatrix(3)
+    sq.update(np.array([[0, 1]]), np.array([[0, 255]]))
+    out = seed_quality(sq)
     assert math.isnan(out["fg_precision"]) and math.isnan(out["class_precision"][1])
     assert out["recall"] == 0.0 and out["precision"] == 1.0
 
 
 def test_seed_quality_validates():
-    sq = SeedQuality(num_classes=3)
-    with pytest.raises(ValueError, match=r"\(2, 4\).*\(4, 2\)"):
-        sq.update(SEEDS, GT.reshape(4, 2))
-    with pytest.raises(ValueError, match="seeds holds label value 9"):
-        sq.update(np.full((2, 4), 9), GT)
+    sq = ConfusionMatrix(3)
+    with pytest.raises(ValueError, match=r"gt shape \(4, 2\) does not match pred shape \(2, 4\)"):
+        sq.update(GT.reshape(4, 2), SEEDS)
+    with pytest.raises(ValueError, match="pred holds label value 9"):
+        sq.update(GT, np.full((2, 4), 9))
 
 
 # ---------------------------------------------------------------- background by SEC's saliency rule
@@ -183,9 +184,9 @@ def test_make_cues_needs_exactly_one_background_rule():
 def test_seed_quality_splits_labeled_fraction_into_fg_and_bg():
     # SEEDS vs GT above: 7 non-void pixels; background seeds at (0,0), (1,3); foreground at (0,2), (0,3),
     # (1,0).
-    sq = SeedQuality(num_classes=3)
-    sq.update(SEEDS, GT)
-    out = sq.compute()
+    sq = ConfusionMatrix(3)
+    sq.update(GT, SEEDS)
+    out = seed_quality(sq)
     assert out["bg_labeled_fraction"] == pytest.approx(2 / 7)
     assert out["fg_labeled_fraction"] == pytest.approx(3 / 7)
     assert out["fg_labeled_fraction"] + out["bg_labeled_fraction"] == pytest.approx(out["labeled_fraction"])
@@ -237,25 +238,29 @@ def test_dense_map_ignores_an_all_zero_map():
 
 
 def test_seed_quality_validation():
-    SeedQuality(num_classes=2).update(np.array([[0, 1, 255]]), np.array([[1, 1, 0]]))  # the smallest case
+    smallest = ConfusionMatrix(2)
+    smallest.update(np.array([[1, 1, 0]]), np.array([[0, 1, 255]]))
+    assert seed_quality(smallest)["labeled_pixels"] == 2  # the smallest case
     with pytest.raises(ValueError, match=r"^num_classes must be >= 2 \(background \+ a class\), got 1$"):
-        SeedQuality(num_classes=1)
-    sq = SeedQuality(num_classes=3)
-    with pytest.raises(ValueError, match=r"^gt holds label value 3 outside \[0, 3\) and not 255$"):
-        sq.update(np.zeros((1, 2), np.uint8), np.array([[3, 0]]))
+        seed_quality(ConfusionMatrix(1))
+    sq = ConfusionMatrix(3)
+    with pytest.raises(
+        ValueError, match=r"^gt holds label value 3 \(all bad values: \[3\]\) outside \[0, 3\)"
+    ):
+        sq.update(np.array([[3, 0]]), np.zeros((1, 2), np.uint8))
     with pytest.raises(TypeError, match="^gt must hold integer labels, got dtype float64$"):
-        sq.update(np.zeros((1, 2), np.uint8), np.zeros((1, 2)))
-    assert (sq.mat == 0).all()  # nothing was added by the rejected updates
+        sq.update(np.zeros((1, 2)), np.zeros((1, 2), np.uint8))
+    assert (sq.mat == 0).all() and (sq.unlabeled == 0).all()  # nothing was added by the rejected updates
 
 
 def test_seed_quality_of_nothing_is_nan():
-    out = SeedQuality(num_classes=2).compute()
+    out = seed_quality(ConfusionMatrix(2))
     assert math.isnan(out["miou"]) and math.isnan(out["precision"]) and out["num_pixels"] == 0
 
 
 def test_seed_quality_bg_precision_uses_background_counts():
     # Seeds 0 0 | 0 1 against gt 0 0 | 1 1: background seeded 3 times, right twice -> 2/3; class 1 right once.
-    sq = SeedQuality(num_classes=2)
-    sq.update(np.array([[0, 0], [0, 1]]), np.array([[0, 0], [1, 1]]))
-    out = sq.compute()
+    sq = ConfusionMatrix(2)
+    sq.update(np.array([[0, 0], [1, 1]]), np.array([[0, 0], [0, 1]]))
+    out = seed_quality(sq)
     assert out["bg_precision"] == pytest.approx(2 / 3) and out["fg_precision"] == 1.0

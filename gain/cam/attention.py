@@ -2,11 +2,24 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch.nn import functional as F
 
 EPS = 1e-5
-FG_FRACTION = 0.2  # SEC's and GAIN's cue rule: attention above 20% of its map's max is the object
+# SEC's and GAIN's cue threshold (params.yaml seeds.fg_fraction): the fraction at which the gain stage's
+# measures (attention mIoU, coverage) binarise attention, as the seeds stage's cues do by default.
+FG_FRACTION = 0.2
+
+
+def above_fraction(attn, fraction: float):
+    """The foreground rule of cues and attention measures, in one place: where each map (over the last two
+    dims) is above `fraction` of its own max. A map whose max is 0 is above nowhere. numpy or torch in,
+    the same kind of bool array out."""
+    if isinstance(attn, torch.Tensor):
+        return attn > fraction * attn.amax(dim=(-2, -1), keepdim=True)
+    attn = np.asarray(attn)
+    return attn > fraction * np.max(attn, axis=(-2, -1), keepdims=True, initial=0.0)
 
 
 def label_pairs(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from gain.cam.attention import FG_FRACTION, attention_maps
+from gain.cam.attention import FG_FRACTION, above_fraction, attention_maps
 from gain.data.dataset import DatasetIndex, VOCDataset
 from gain.data.transforms import denormalize, eval_preset
 from gain.evaluation.figures import grid_figure, overlay
@@ -33,7 +33,7 @@ class AttentionIoU:
     def update(self, attn: np.ndarray, mask: np.ndarray, cls: int) -> None:
         """attn (H, W) in [0, 1]; mask (H, W) with 255 = void; cls 0-based foreground index."""
         valid = mask != 255
-        pred = (attn > FG_FRACTION * attn.max()) & valid
+        pred = above_fraction(attn, FG_FRACTION) & valid
         gt = (mask == cls + 1) & valid
         self.inter[cls] += (pred & gt).sum()
         self.union[cls] += (pred | gt).sum()
@@ -90,8 +90,7 @@ class AttentionCoverage:
         obj = masks == cls
         part = (parts == cls) & obj
         body = obj & ~part
-        peak = attn.flatten(1).max(dim=1).values[:, None, None]
-        cue, half = attn > FG_FRACTION * peak, attn > 0.5 * peak
+        cue, half = above_fraction(attn, FG_FRACTION), above_fraction(attn, 0.5)
         for key, value in (
             ("part", part),
             ("body", body),

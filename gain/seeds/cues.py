@@ -10,6 +10,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from gain.cam.attention import above_fraction
+
 UNLABELED = 255
 CONFLICT_RULES = ("max", "ignore")
 
@@ -61,9 +63,7 @@ def make_cues(
     if (bg_threshold is None) == (background is None):
         raise ValueError("give exactly one background rule: bg_threshold or a background mask")
     attn, classes, norm = _check_attention(attn, classes)
-    peak = attn.max(axis=(1, 2), initial=0.0)
-    # (K, H, W); an all-zero map has threshold 0 and attn > 0 nowhere, so it claims no pixel.
-    fg = attn > fg_fraction * peak[:, None, None]
+    fg = above_fraction(attn, fg_fraction)  # (K, H, W); an all-zero map claims no pixel
     if background is not None:
         bg = np.asarray(background)
         if bg.dtype != bool or bg.shape != attn.shape[1:]:

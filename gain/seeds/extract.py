@@ -23,7 +23,7 @@ from gain.runtime.io import save_palette_png
 from gain.runtime.loaders import eval_loader
 from gain.runtime.params import SeedsParams
 from gain.seeds.cues import dense_from_attention, make_cues
-from gain.seeds.quality import SeedQuality
+from gain.seeds.quality import seed_quality
 from gain.seeds.saliency import class_agnostic_saliency, lowest_cells
 
 
@@ -96,7 +96,7 @@ def extract_seeds(
     """Write `out_dir/<id>.png` (palette, 255 = unlabeled) for every weak training image, all or nothing
     (built in a sibling folder, swapped in at the end). -> (metrics, figure rows).
 
-    Metrics, on the seed-evaluation images with masks: the SeedQuality figures (precision, recall, labeled
+    Metrics, on the seed-evaluation images with masks: the seed_quality figures (precision, recall, labeled
     fraction and its foreground/background parts, fg/bg precision, mIoU with unlabeled pixels as misses,
     per class) and the mIoU of the dense attention-argmax map (background below `p.bg_threshold`).
     """
@@ -106,7 +106,7 @@ def extract_seeds(
     tmp.mkdir(parents=True)
     n = index.num_classes
     scored = set(index.splits["seed_eval"])
-    quality, dense = SeedQuality(n), ConfusionMatrix(n)
+    quality, dense = ConfusionMatrix(n), ConfusionMatrix(n)
     vis = []
     ds = VOCDataset(index, index.splits["weak_train"], eval_preset(input_size), keep_original=True)
     palette = voc_palette()
@@ -116,14 +116,14 @@ def extract_seeds(
         save_palette_png(tmp / f"{item['id']}.png", cues, palette)
         if item["has_mask"] and item["id"] in scored:
             gt = item["orig_mask"]
-            quality.update(cues, gt)
+            quality.update(gt, cues)
             dense.update(gt, dense_from_attention(attn, classes, bg_threshold=p.bg_threshold))
             if len(vis) < n_vis:
                 vis.append(seed_row(item["orig_image"], gt, attn, cues, item["id"]))
     if out_dir.exists():
         shutil.rmtree(out_dir)
     os.replace(tmp, out_dir)
-    q, d = quality.compute(), dense.compute(index.classes)
+    q, d = seed_quality(quality), dense.compute(index.classes)
     names = index.classes
     metrics = {
         "seed_precision": q["precision"],
