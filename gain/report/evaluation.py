@@ -40,18 +40,8 @@ def _pct(x) -> str:
     return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.1f}"
 
 
-def render(
-    *,
-    dataset: str,
-    method: str,
-    metrics: dict,
-    gain: dict,
-    seeds: dict,
-    per_class: list[dict],
-    provenance: dict,
-    figures: dict[str, str],
-) -> str:
-    """Markdown report. metrics: the evaluate stage's metrics.json; gain, seeds: those stages' metrics."""
+def _miou_section(dataset: str, method: str, metrics: dict) -> list[str]:
+    """Title, data set, and the mIoU table beside the paper's rows (and the CRF-on-attention reference)."""
     is_voc = dataset == "voc"
     ds_label = (
         "PASCAL VOC 2012 val" if is_voc else "built-in SYNTHETIC set (val split) - not comparable to VOC"
@@ -86,11 +76,16 @@ def render(
             "this run is on the synthetic set, so only the ordering across methods is comparable, never the values."
         )
     )
-    lines += [
+    return lines + [
         "",
         f"The paper's numbers are PASCAL VOC 2012 val; {comparable} The paper's SEC row used CAM cues, which "
         "for a GAP + linear head equal Grad-CAM's.",
         "",
+    ]
+
+
+def _measures_section(metrics: dict, gain: dict, seeds: dict) -> list[str]:
+    return [
         "## Classifier, attention and seeds",
         "",
         "| measure | value |",
@@ -105,22 +100,30 @@ def render(
         f"| SEC val pixel accuracy | {_pct(metrics['sec_pixel_accuracy'])} |",
         "",
     ]
-    if "bias_object_only_accuracy" in gain:
-        lines += [
-            "## Context bias (paper Table 4 setting)",
-            "",
-            "Classification accuracy on the biased class: *object only* = images with the class but without its",
-            "usual context (recognised?), *context only* = the context without the class (correctly absent?).",
-            "",
-            "| | object only | context only |",
-            "|---|---|---|",
-            f"| this run ({method}, synthetic) | {_pct(gain['bias_object_only_accuracy'])} | "
-            f"{_pct(gain['bias_context_only_accuracy'])} |",
-        ]
-        for name, v in PAPER_BIAS.items():
-            lines.append(f"| paper, {name} (VOC boat/water) | {v['object_only']} | {v['context_only']} |")
-        lines.append("")
-    lines += [
+
+
+def _bias_section(method: str, gain: dict) -> list[str]:
+    """Table 4's setting, where the set has a biased class (else nothing)."""
+    if "bias_object_only_accuracy" not in gain:
+        return []
+    lines = [
+        "## Context bias (paper Table 4 setting)",
+        "",
+        "Classification accuracy on the biased class: *object only* = images with the class but without its",
+        "usual context (recognised?), *context only* = the context without the class (correctly absent?).",
+        "",
+        "| | object only | context only |",
+        "|---|---|---|",
+        f"| this run ({method}, synthetic) | {_pct(gain['bias_object_only_accuracy'])} | "
+        f"{_pct(gain['bias_context_only_accuracy'])} |",
+    ]
+    for name, v in PAPER_BIAS.items():
+        lines.append(f"| paper, {name} (VOC boat/water) | {v['object_only']} | {v['context_only']} |")
+    return lines + [""]
+
+
+def _per_class_section(per_class: list[dict], figures: dict[str, str]) -> list[str]:
+    lines = [
         "## Per-class IoU (val, no CRF)",
         "",
         "| class | IoU | precision | recall | gt pixels |",
@@ -134,7 +137,28 @@ def render(
     lines += ["", "## Figures", ""]
     for title, path in figures.items():
         lines += [f"### {title}", "", f"![{title}]({path})", ""]
-    lines += provenance_lines(provenance)
+    return lines
+
+
+def render(
+    *,
+    dataset: str,
+    method: str,
+    metrics: dict,
+    gain: dict,
+    seeds: dict,
+    per_class: list[dict],
+    provenance: dict,
+    figures: dict[str, str],
+) -> str:
+    """Markdown report. metrics: the evaluate stage's metrics.json; gain, seeds: those stages' metrics."""
+    lines = [
+        *_miou_section(dataset, method, metrics),
+        *_measures_section(metrics, gain, seeds),
+        *_bias_section(method, gain),
+        *_per_class_section(per_class, figures),
+        *provenance_lines(provenance),
+    ]
     return "\n".join(lines)
 
 
