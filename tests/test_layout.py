@@ -216,3 +216,19 @@ def test_docs_and_docstrings_name_current_paths():
         for m in stale_names((REPO / name).read_text(errors="ignore"))
     ]
     assert not stale, "names of files or modules that do not exist:\n" + "\n".join(sorted(stale))
+
+
+def long_functions(root: Path, limit: int) -> list[str]:
+    found = []
+    for path in root.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                lines = node.end_lineno - node.lineno + 1
+                if lines > limit:
+                    found.append(f"{path.relative_to(REPO)}:{node.lineno} {node.name} ({lines} lines)")
+    return found
+
+
+def test_no_library_function_runs_over_80_lines():
+    assert not long_functions(REPO / "gain", 80)
+    assert long_functions(REPO / "gain", 60)  # the check sees functions (some are between 60 and 80)
