@@ -186,7 +186,7 @@ def cpu_rows(params, rt, s: dict, index, out_dir: Path) -> dict:
     (beside a VGG16 pass on a CPU their difference, the main process's share, would be noise), and SEC's
     test-time CRF (s = 1) on a full-resolution VOC image, in-line."""
     ids, size = index.splits["weak_train"], s["input_size"]
-    tiny = Classifier("small", PAPER["classes"] - 1).eval()
+    tiny = wl.on_device(Classifier("small", PAPER["classes"] - 1), rt).eval()
     ds = VOCDataset(index, ids, eval_preset(size), keep_original=True)
     image, rng, inline = ds[0]["orig_image"], np.random.default_rng(params.seed), CRFPool(0)
     probs = np.exp(wl.random_log_probs(rng, (PAPER["classes"], *image.shape[:2])))
