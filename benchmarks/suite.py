@@ -1,6 +1,7 @@
 """The benchmark sections at params.yaml's settings: GAIN step against the plain step and the public pass
-structure, peak step memory, seed extraction, the SEC step with the CRF pool, the confusion matrix, and the
-default pipeline's `dvc repro`. Each returns the figures it adds to reports/benchmarks.json."""
+structure, peak step memory, seed extraction, the SEC step with the CRF pool and every CRF backend, the
+confusion matrix, and the default pipeline's `dvc repro`. Each returns the figures it adds to
+reports/benchmarks.json."""
 
 from __future__ import annotations
 
@@ -8,32 +9,22 @@ import ctypes
 import json
 import os
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from collections import namedtuple
 from pathlib import Path
+from subprocess import PIPE, STDOUT
 
 import numpy as np
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from benchmarks.timing import interleaved, median_ms, paired_ratio, raw_ms, status_kib, syncer, warm
-from benchmarks.workloads import (
-    REPO,
-    build_trainees,
-    mean_labels,
-    pipeline_copy,
-    public_vs_ours,
-    sec_step,
-    sec_trainee,
-    seeds_batched,
-    seeds_per_class,
-    step_fns,
-    synthetic_items,
-)
+from benchmarks import workloads as wl
+from benchmarks.timing import interleaved, median_ms, paired_ratio, raw_ms, status_kib, syncer
 from gain.cam.model import Classifier
 from gain.evaluation.metrics import ConfusionMatrix
 from gain.runtime.device import seed_everything, setup_runtime
@@ -41,11 +32,11 @@ from gain.runtime.loaders import collate
 from gain.runtime.params import load_params
 from gain.sec.crf import CRFPool
 from gain.sec.crf_exact import ExactCRF
+from gain.sec.model import LargeFOV
 from gain.sec.scale import resolve, train_crf_scale
 from gain.sec.train import downscale_images
 
-# figure -> (comparison, bound, what the bound stands for)
-TARGETS = {
+TARGETS = {  # figure -> (comparison, bound, what the bound stands for)
     "gain_step_over_floor": (
         "<=",
         1.0,
@@ -55,46 +46,61 @@ TARGETS = {
     "pipeline_wall_s": ("<", 300.0, "default `dvc repro` from a clean copy (target set for 2 CPU cores)"),
     "noop_repro_s": ("<", 5.0, "`dvc repro` with nothing to do"),
 }
+MEMORY_METHOD = {  # by device type
+    "cpu": "peak RSS (VmHWM, reset after construction) minus the RSS after model construction",
+    "cuda": "torch.cuda.max_memory_allocated over the steps minus memory_allocated before them (weights, "
+    "gradients and momentum in the baseline)",
+}
+BACKWARD = "autograd::engine::evaluate_function: "  # the profiler's name prefix of backward ops
+CRF_CASES = {"14x14x7": (None, 14, 7), "41x41x21": (15, 41, 21)}  # (images per call, grid side, classes)
+# Repetitions per section; rounds are interleaved rounds, each running every variant once.
+Reps = namedtuple("Reps", "warmup step_rounds seed_rounds sec_rounds crf_rounds eval_rounds memory_steps")
+FULL, QUICK = Reps(5, 40, 7, 20, 9, 15, 3), Reps(1, 3, 1, 3, 2, 3, 1)
 
 
-@dataclass(frozen=True)
-class Reps:
-    """Repetitions per section; `rounds` are interleaved rounds, each running every variant once."""
-
-    warmup: int
-    step_rounds: int
-    seed_rounds: int
-    sec_rounds: int
-    crf_rounds: int
-    eval_rounds: int
-    memory_steps: int
-
-
-FULL = Reps(
-    warmup=5, step_rounds=40, seed_rounds=7, sec_rounds=20, crf_rounds=9, eval_rounds=15, memory_steps=3
-)
-QUICK = Reps(
-    warmup=1, step_rounds=3, seed_rounds=1, sec_rounds=3, crf_rounds=2, eval_rounds=3, memory_steps=1
-)
-
-
-def gain_batch(params) -> tuple[dict, int]:
-    """params' GAIN batch (batch_size at input_size, ~2 labels per image over the synthetic classes)."""
-    num_fg = params.data.synthetic.num_classes
-    g = params.gain
-    return collate(synthetic_items(g.batch_size, size=g.input_size, num_fg=num_fg, seed=params.seed)), num_fg
+def run_sections(params, rt, args, default_threads: int) -> dict:
+    """Every section in turn (the pipeline unless --skip-pipeline), with its wall time in `section_s`."""
+    reps, dev = QUICK if args.quick else FULL, rt.device.type
+    profile_steps = True if args.profile else (False if args.quick else None)  # None: when a target is missed
+    sections = {
+        "training steps": lambda: bench_steps(params, rt, reps, profile_steps, default_threads),
+        "memory": lambda: bench_memory(reps, args.device, args.threads, dev),
+        "seeds": lambda: bench_seeds(params, rt, reps),
+        "SEC step and CRF pool": lambda: bench_sec(params, rt, reps),
+        "evaluation": lambda: bench_eval(params, reps),
+    } | ({} if args.skip_pipeline else {"pipeline": lambda: bench_pipeline(dev)})
+    res: dict = {"section_s": {}}
+    for name, fn in sections.items():
+        print(f"[benchmarks] {name} ...", flush=True)
+        start = time.perf_counter()
+        res.update(fn())
+        res["section_s"][name] = time.perf_counter() - start
+        print(f"[benchmarks] {name}: {res['section_s'][name]:.1f} s", flush=True)
+    return res
 
 
-def bench_steps(params, rt, reps: Reps, *, profile_steps: bool | None, default_threads: int) -> dict:
+def gain_batch(params) -> dict:
+    """params' GAIN batch: batch_size at input_size, ~2 labels per image over the synthetic classes."""
+    g, num_fg = params.gain, params.data.synthetic.num_classes
+    return collate(wl.synthetic_items(g.batch_size, size=g.input_size, num_fg=num_fg, seed=params.seed))
+
+
+def gain_steps(params, rt, batch: dict, names=wl.VARIANTS) -> dict:
+    """A full training step of each variant in `names`, all from the same weights."""
+    g, num_fg = params.gain, params.data.synthetic.num_classes
+    return wl.step_fns(wl.build_trainees(g, num_fg, rt, seed=params.seed, names=names), batch, g, rt)
+
+
+def bench_steps(params, rt, reps: Reps, profile_steps: bool | None, default_threads: int) -> dict:
     """GAIN vs plain classifier step, and ours vs the public pass structure, interleaved."""
-    g = params.gain
-    batch, num_fg = gain_batch(params)
-    check = public_vs_ours(g, num_fg, batch, rt, seed=params.seed)
-    fns = step_fns(build_trainees(g, num_fg, rt, seed=params.seed), batch, g, rt)
-    warm(fns, reps.warmup)
-    times = interleaved(fns, reps.step_rounds, syncer(rt.device))
-    labels = mean_labels(batch["label"])
-    over_plain = paired_ratio(times, "gain", "plain")
+    g, num_fg, batch = params.gain, params.data.synthetic.num_classes, gain_batch(params)
+    check = wl.public_vs_ours(g, num_fg, batch, rt, seed=params.seed)
+    fns = gain_steps(params, rt, batch)
+    times = interleaved(fns, reps.step_rounds, rt.device, reps.warmup)
+    labels, over_plain = float(batch["label"].sum(dim=1).mean()), paired_ratio(times, "gain", "plain")
+    setup = {k: getattr(g, k) for k in ("batch_size", "input_size", "backbone", "grad_weights", "alpha")}
+    per_image = batch["label"].sum(dim=1)
+    setup |= {"num_fg": num_fg, "class_ranks": int(per_image.max()), "pairs": int(per_image.sum())}
     res = {
         "mean_labels_per_image": labels,
         "gain_step_over_plain": over_plain,
@@ -103,16 +109,7 @@ def bench_steps(params, rt, reps: Reps, *, profile_steps: bool | None, default_t
         "speedup_vs_public_differentiable": paired_ratio(times, "public", "gain"),
         "gain_detached_step_over_plain": paired_ratio(times, "gain_detached", "plain"),
         "step_ms": median_ms(times),
-        "step_setup": {
-            "batch_size": g.batch_size,
-            "input_size": g.input_size,
-            "num_fg": num_fg,
-            "backbone": g.backbone,
-            "grad_weights": g.grad_weights,
-            "alpha": g.alpha,
-            "class_ranks": int(batch["label"].sum(dim=1).max()),
-            "pairs": int(batch["label"].sum()),
-        },
+        "step_setup": setup,
         "public_equivalence": check,
         "raw_step_ms": raw_ms(times),
     }
@@ -120,33 +117,25 @@ def bench_steps(params, rt, reps: Reps, *, profile_steps: bool | None, default_t
     if rt.device.type == "cpu" and threads != default_threads:
         # The plain step at torch's default thread count too (what the pipeline's stages use): on a CPU
         # shared with other jobs, spinning OpenMP workers can make several threads far slower than one.
-        def default():
-            torch.set_num_threads(default_threads)
+        def at(n: int) -> None:
+            torch.set_num_threads(n)
             try:
                 fns["plain"]()
             finally:
                 torch.set_num_threads(threads)
 
-        t = interleaved(
-            {str(threads): fns["plain"], str(default_threads): default},
-            max(3, reps.step_rounds // 4),
-            syncer(rt.device),
-        )
-        res["plain_step_ms_by_threads"] = median_ms(t)
+        by = {str(n): (lambda n=n: at(n)) for n in (threads, default_threads)}
+        res["plain_step_ms_by_threads"] = median_ms(interleaved(by, max(3, reps.step_rounds // 4), rt.device))
     missed = not (res["gain_step_over_floor"] <= 1.0 and res["speedup_vs_public_pass_structure"] >= 1.3)
-    res["profile"] = (
-        profile_fns(fns, rt, steps=max(3, reps.warmup))
-        if profile_steps or (missed and profile_steps is None)
-        else None
-    )
+    wanted = profile_steps or (missed and profile_steps is None)
+    res["profile"] = profile_fns(fns, rt, max(3, reps.warmup)) if wanted else None
     return res
 
 
-def profile_fns(fns: dict, rt, *, steps: int) -> dict:
+def profile_fns(fns: dict, rt, steps: int) -> dict:
     """torch.profiler per step variant: self time per operator and conv passes per step."""
-    cuda = rt.device.type == "cuda"
+    cuda, out = rt.device.type == "cuda", {}
     attr = "self_device_time_total" if cuda else "self_cpu_time_total"
-    out = {}
     for name, fn in fns.items():
         fn()
         with profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])) as prof:
@@ -154,136 +143,86 @@ def profile_fns(fns: dict, rt, *, steps: int) -> dict:
                 fn()
             syncer(rt.device)()
         events = prof.key_averages()
-        total = sum(getattr(e, attr) for e in events) or 1.0
-        counts = {e.key: e.count / steps for e in events}
+        total, counts = sum(getattr(e, attr) for e in events) or 1.0, {e.key: e.count / steps for e in events}
         out[name] = {
             "total_ms_per_step": total / 1e3 / steps,
             "ms_by_op": {
-                e.key: getattr(e, attr) / 1e3 / steps for e in events if getattr(e, attr) >= 1e-2 * total
+                e.key: getattr(e, attr) / 1e3 / steps for e in events if getattr(e, attr) >= total / 100
             },
             "conv_forward_per_step": counts.get("aten::convolution", 0.0),
-            "conv_backward_per_step": counts.get(
-                "autograd::engine::evaluate_function: ConvolutionBackward0", 0.0
-            ),
+            "conv_backward_per_step": counts.get(f"{BACKWARD}ConvolutionBackward0", 0.0),
         }
     return out
 
 
 def memory_child(variant: str, device: str, steps: int, threads: int) -> None:
-    """In a fresh process: peak resident memory (MiB) of `steps` training steps of one variant above the
-    resident memory after construction; prints one JSON line.
-
-    VmHWM is the kernel's high-water mark of this process's RSS; ru_maxrss is not used because a child
-    inherits its parent's value at exec. Freed heap goes back to the system (malloc_trim) and the mark is
-    reset (clear_refs) after construction, so import-time peaks and free lists hide nothing.
-    """
+    """In a fresh process: peak memory (MiB) of `steps` training steps of one variant above the memory after
+    construction; prints one JSON line. CPU: VmHWM, the kernel's high-water mark of this process's RSS
+    (ru_maxrss is inherited from the parent at exec), reset after construction and after freed heap went
+    back to the system (malloc_trim), so import-time peaks and free lists hide nothing. CUDA: the allocator's
+    statistics after one step (gradients and momentum buffers in the baseline)."""
     if threads:
         torch.set_num_threads(threads)
-    params = load_params(REPO / "params.yaml")
+    params = load_params(wl.REPO / "params.yaml")
     rt = setup_runtime(device)
     seed_everything(params.seed, params.deterministic)
-    batch, num_fg = gain_batch(params)
-    fn = step_fns(
-        build_trainees(params.gain, num_fg, rt, seed=params.seed, names=(variant,)), batch, params.gain, rt
-    )[variant]
-    ctypes.CDLL("libc.so.6").malloc_trim(0)
-    before = status_kib("VmRSS")
-    Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS
+    fn = gain_steps(params, rt, gain_batch(params), names=(variant,))[variant]
+    cuda = rt.device.type == "cuda"
+    if cuda:
+        fn()  # gradients and momentum buffers exist from here on: part of the baseline
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    else:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    before = torch.cuda.memory_allocated() / 1024 if cuda else status_kib("VmRSS")
+    if not cuda:
+        Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS
     for _ in range(steps):
         fn()
-    peak = status_kib("VmHWM")
-    print(
-        json.dumps(
-            {
-                "baseline_mib": before / 1024,
-                "peak_mib": peak / 1024,
-                "peak_minus_baseline_mib": (peak - before) / 1024,
-            }
-        )
-    )
+    syncer(rt.device)()
+    peak = torch.cuda.max_memory_allocated() / 1024 if cuda else status_kib("VmHWM")
+    mib = {"baseline_mib": before / 1024, "peak_mib": peak / 1024}
+    print(json.dumps(mib | {"peak_minus_baseline_mib": (peak - before) / 1024}))
 
 
-def bench_memory(params, rt, reps: Reps, device: str, threads: int) -> dict:
-    """Peak memory of training steps per variant (MiB above the model's own footprint)."""
-    variants = ("plain", "gain", "public")
+def bench_memory(reps: Reps, device: str, threads: int, device_type: str) -> dict:
+    """Peak memory of training steps per variant (MiB above the model's own footprint): a fresh process per
+    variant, all at once (memory does not depend on the share of the device)."""
+    cmd = [sys.executable, "-m", "benchmarks.run", *f"--device {device} --threads {threads}".split()]
+    cmd += ["--memory-steps", str(reps.memory_steps), "--memory-child"]
+    procs = {
+        v: subprocess.Popen([*cmd, v], cwd=wl.REPO, stdout=PIPE, stderr=PIPE, text=True)
+        for v in ("plain", "gain", "public")
+    }
     out = {}
-    if rt.device.type == "cuda":
-        batch, num_fg = gain_batch(params)
-        for v in variants:
-            fn = step_fns(
-                build_trainees(params.gain, num_fg, rt, seed=params.seed, names=(v,)), batch, params.gain, rt
-            )[v]
-            fn()  # gradients and momentum buffers exist from here on: part of the baseline
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-            base = torch.cuda.memory_allocated()
-            for _ in range(reps.memory_steps):
-                fn()
-            torch.cuda.synchronize()
-            peak = torch.cuda.max_memory_allocated()
-            out[v] = {
-                "baseline_mib": base / 2**20,
-                "peak_mib": peak / 2**20,
-                "peak_minus_baseline_mib": (peak - base) / 2**20,
-            }
-            del fn
-            torch.cuda.empty_cache()
-        method = "torch.cuda.max_memory_allocated over the steps minus memory_allocated before them (weights, gradients and momentum in the baseline)"
-    else:  # one fresh process per variant, all at once (memory does not depend on the CPU share)
-        cmd = [
-            sys.executable,
-            "-m",
-            "benchmarks.run",
-            "--device",
-            device,
-            "--memory-steps",
-            str(reps.memory_steps),
-            "--threads",
-            str(threads),
-        ]
-        procs = {
-            v: subprocess.Popen(
-                [*cmd, "--memory-child", v],
-                cwd=REPO,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                text=True,
-            )
-            for v in variants
-        }
-        for v, proc in procs.items():
-            stdout, stderr = proc.communicate()
-            if proc.returncode != 0:
-                raise RuntimeError(f"memory child {v} failed:\n{stderr[-3000:]}")
-            out[v] = json.loads(stdout.strip().splitlines()[-1])
-        method = "a fresh process per variant: peak RSS (VmHWM, reset after construction) minus the RSS after model construction"
-    plain = out["plain"]["peak_minus_baseline_mib"]
+    for v, proc in procs.items():
+        stdout, stderr = proc.communicate()
+        if proc.returncode != 0:
+            raise RuntimeError(f"memory child {v} failed:\n{stderr[-3000:]}")
+        out[v] = json.loads(stdout.strip().splitlines()[-1])
+    mib = {k: v["peak_minus_baseline_mib"] for k, v in out.items()}
     return {
-        "memory_mib": {k: v["peak_minus_baseline_mib"] for k, v in out.items()},
-        "gain_memory_over_plain": out["gain"]["peak_minus_baseline_mib"] / plain,
-        "public_memory_over_plain": out["public"]["peak_minus_baseline_mib"] / plain,
+        "memory_mib": mib,
+        "gain_memory_over_plain": mib["gain"] / mib["plain"],
+        "public_memory_over_plain": mib["public"] / mib["plain"],
         "memory_detail": out,
-        "memory_method": method,
+        "memory_method": "a fresh process per variant: " + MEMORY_METHOD[device_type],
     }
 
 
 def bench_seeds(params, rt, reps: Reps) -> dict:
     """Seed extraction: all classes of a batch in one pass (the library) vs one pass per class."""
     g, num_fg = params.gain, params.data.synthetic.num_classes
-    items = synthetic_items(64, size=g.input_size, num_fg=num_fg, seed=params.seed + 1)
+    items = wl.synthetic_items(64, size=g.input_size, num_fg=num_fg, seed=params.seed + 1)
     torch.manual_seed(params.seed)
-    classifier = Classifier(g.backbone, num_fg, weights="none", head=g.head).to(rt.device).eval()
-    if rt.channels_last:
-        classifier = classifier.to(memory_format=torch.channels_last)
+    classifier = wl.on_device(Classifier(g.backbone, num_fg, weights="none", head=g.head), rt).eval()
     kw = {"batch_size": params.runtime.seeds_batch_size, "flip": params.seeds.flip}
-    fns = {
-        "batched": lambda: seeds_batched(classifier, items, rt, **kw),
-        "per_class": lambda: seeds_per_class(classifier, items, rt, **kw),
-    }
+    fns = {"batched": wl.seeds_batched, "per_class": wl.seeds_per_class}
+    fns = {k: (lambda f=f: f(classifier, items, rt, **kw)) for k, f in fns.items()}
     a, b = fns["batched"](), fns["per_class"]()  # also the warm-up
     same = all(np.array_equal(ca, cb) for (_, ca), (_, cb) in zip(a, b, strict=True))
     diff = max(float(np.abs(ma - mb).max(initial=0.0)) for (ma, _), (mb, _) in zip(a, b, strict=True))
-    times = interleaved(fns, reps.seed_rounds, syncer(rt.device))
+    times = interleaved(fns, reps.seed_rounds, rt.device)
     return {
         "seed_images_per_s": len(items) / statistics.median(times["batched"]),
         "seed_per_class_images_per_s": len(items) / statistics.median(times["per_class"]),
@@ -294,104 +233,54 @@ def bench_seeds(params, rt, reps: Reps) -> dict:
     }
 
 
-# CRF throughput cases: (images per call, grid side, classes). The default grid (14 x 14, 6 classes +
-# background, params' SEC batch) and SEC's (41 x 41 x 21, batch 15).
-CRF_CASES = {"14x14x7": (None, 14, 7), "41x41x21": (15, 41, 21)}
-
-
-def crf_case(params, n: int, side: int, classes: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """(n, side, side, 3) uint8 synthetic images at CRF resolution and (n, classes, side, side) float32
-    log-softmax of confident random logits."""
-    items = synthetic_items(
-        n, size=params.sec.input_size, num_fg=params.data.synthetic.num_classes, seed=seed
-    )
-    images = downscale_images(torch.stack([it["image"] for it in items]), (side, side))
-    logits = torch.from_numpy(3.0 * np.random.default_rng(seed).standard_normal((n, classes, side, side)))
-    return images, torch.log_softmax(logits, dim=1).float().numpy()
-
-
-def crf_backends() -> dict:
-    """name -> training CRF: pydensecrf inline, in pools of 1 .. cores processes, and the exact CRF."""
-    cores = os.cpu_count() or 1
-    return {"inline": CRFPool(0), **{str(n): CRFPool(n) for n in range(1, cores + 1)}, "exact": ExactCRF()}
-
-
 def bench_sec(params, rt, reps: Reps) -> dict:
-    """The SEC step with the CRF pool, inline and exact; CRFs per second of every backend at the default
-    grid and at SEC's 41 x 41 x 21, all interleaved in one run."""
-    p, num_fg = params.sec, params.data.synthetic.num_classes
-    batch = collate(synthetic_items(p.batch_size, size=p.input_size, num_fg=num_fg, seed=params.seed))
+    """The SEC step with the CRF pool, inline and exact, interleaved; then CRFs per second of every backend
+    (pydensecrf inline, in 1 .. cores processes, the exact CRF) at the default grid (14 x 14, 6 classes +
+    background, params' SEC batch) and at SEC's 41 x 41 x 21 (15 per call), on synthetic images."""
+    p, num_fg, workers = params.sec, params.data.synthetic.num_classes, params.runtime.crf_workers
+    batch = collate(wl.synthetic_items(p.batch_size, size=p.input_size, num_fg=num_fg, seed=params.seed))
     torch.manual_seed(params.seed)
-    with CRFPool(params.runtime.crf_workers) as pool, CRFPool(0) as inline:
+    with CRFPool(workers) as pool, CRFPool(0) as inline:
         crfs = {"pool": pool, "inline": inline, "exact": ExactCRF()}
-        trainees = {k: sec_trainee(p, num_fg + 1, rt) for k in crfs}
-        fns = {k: (lambda k=k: sec_step(trainees[k], crfs[k], batch, p, rt)) for k in crfs}
-        warm(fns, reps.warmup)
-        times = interleaved(fns, reps.sec_rounds, syncer(rt.device))
+        trainees = {k: wl.trainee(LargeFOV(p.backbone, num_fg + 1), p, rt) for k in crfs}
+        fns = {k: (lambda k=k: wl.sec_step(trainees[k], crfs[k], batch, p, rt)) for k in crfs}
+        times = interleaved(fns, reps.sec_rounds, rt.device, reps.warmup)
+    # the scale the step used: params' value, or gain.sec.scale's rule on the default 14x14 grid
+    scale = resolve(p.crf_scale, train_crf_scale, (14, 14))
     res = {
         "crf_pool_speedup": paired_ratio(times, "inline", "pool"),
         "sec_exact_over_inline": paired_ratio(times, "exact", "inline"),
         "sec_exact_over_pool": paired_ratio(times, "exact", "pool"),
         "sec_step_ms": median_ms(times),
-        "sec_setup": {
-            "batch_size": p.batch_size,
-            "input_size": p.input_size,
-            "crf_workers": params.runtime.crf_workers,
-            # the scale the step used: params' value, or gain.sec.scale's rule on the default 14x14 grid
-            "crf_scale": resolve(p.crf_scale, train_crf_scale, (CRF_CASES["14x14x7"][1],) * 2),
-            "classes": num_fg + 1,
-        },
+        "sec_setup": {"batch_size": p.batch_size, "input_size": p.input_size, "crf_workers": workers}
+        | {"crf_scale": scale, "classes": num_fg + 1},  # fmt: skip
         "raw_sec_ms": raw_ms(times),
     }
-    cases = {
-        k: crf_case(params, n or p.batch_size, side, c, params.seed + 2)
-        for k, (n, side, c) in CRF_CASES.items()
-    }
-    backends = crf_backends()
-    dev = {
-        k: (torch.from_numpy(im).to(rt.device), torch.from_numpy(lp).to(rt.device))
-        for k, (im, lp) in cases.items()
-    }
-
-    scales = {k: resolve(p.crf_scale, train_crf_scale, (side, side)) for k, (_, side, _) in CRF_CASES.items()}
-
-    def call(backend, case: str):
-        if isinstance(backend, ExactCRF):
-            return backend.run(*dev[case], scales[case])
-        return backend.map(*cases[case], scales[case])
-
-    try:
-        fns = {f"{c}/{k}": (lambda b=b, c=c: call(b, c)) for c in cases for k, b in backends.items()}
-        warm(fns, 1)
-        times = interleaved(fns, reps.crf_rounds, syncer(rt.device))
-    finally:
-        for b in backends.values():
-            b.__exit__()
-    rate = {k: len(cases[k.split("/")[0]][0]) / statistics.median(t) for k, t in times.items()}
-    res["crf_per_s"] = {c: {k: rate[f"{c}/{k}"] for k in backends} for c in cases}
-    res["crf_setup"] = {c: {"images": len(cases[c][0]), "scale": scales[c]} for c in cases}
-    res["raw_crf_ms"] = raw_ms(times)
-    return res
+    rates, setup, raw = {}, {}, {}
+    for case, (n, side, classes) in CRF_CASES.items():
+        items = wl.synthetic_items(n or p.batch_size, size=p.input_size, num_fg=num_fg, seed=params.seed + 2)
+        images = downscale_images(torch.stack([it["image"] for it in items]), (side, side))
+        rng, cores = np.random.default_rng(params.seed + 2), range(1, (os.cpu_count() or 1) + 1)
+        log_probs = wl.random_log_probs(rng, (len(images), classes, side, side))
+        setup[case] = {"images": len(images), "scale": resolve(p.crf_scale, train_crf_scale, (side, side))}
+        rates[case], times = wl.crf_rates(
+            images, log_probs, setup[case]["scale"], cores, rt.device, reps.crf_rounds
+        )
+        raw |= {f"{case}/{k}": v for k, v in times.items()}
+    return res | {"crf_per_s": rates, "crf_setup": setup, "raw_crf_ms": raw}
 
 
 def bench_eval(params, reps: Reps) -> dict:
     """ConfusionMatrix.update on 21-class 500 x 375 label maps (5% void in the ground truth)."""
-    rng = np.random.default_rng(params.seed)
-    pairs = []
+    rng, pairs, cm = np.random.default_rng(params.seed), [], ConfusionMatrix(21)
     for _ in range(8):
         gt = rng.integers(0, 21, size=(375, 500)).astype(np.uint8)
         gt[rng.random(gt.shape) < 0.05] = 255
         pred = np.where(rng.random(gt.shape) < 0.3, rng.integers(0, 21, size=gt.shape), gt).astype(np.uint8)
         pred[pred == 255] = 0
         pairs.append((gt, pred))
-    cm = ConfusionMatrix(21)
-
-    def update_all():
-        for gt, pred in pairs:
-            cm.update(gt, pred)
-
-    update_all()
-    times = interleaved({"update": update_all}, reps.eval_rounds, lambda: None)
+    update = {"update": lambda: [cm.update(gt, pred) for gt, pred in pairs]}
+    times = interleaved(update, reps.eval_rounds, torch.device("cpu"), warmup=1)
     return {
         "eval_mpix_per_s": len(pairs) * 500 * 375 / 1e6 / statistics.median(times["update"]),
         "eval_setup": {"maps_per_call": len(pairs), "height": 375, "width": 500, "classes": 21},
@@ -399,34 +288,49 @@ def bench_eval(params, reps: Reps) -> dict:
     }
 
 
+def pipeline_copy(dest: Path) -> dict:
+    """A fresh git copy of the project's files in `dest` (no outputs, no store) with params.yaml as it is;
+    -> the environment `dvc repro` runs in there."""
+    ls = ["git", "ls-files", "--cached", "--others", "--exclude-standard"]
+    for f in subprocess.run(ls, cwd=wl.REPO, capture_output=True, text=True, check=True).stdout.splitlines():
+        if (wl.REPO / f).is_file() and not f.startswith(("reports/", "dvc.lock")):
+            (dest / f).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(wl.REPO / f, dest / f)
+    (dest / ".venv").symlink_to(Path(sys.executable).parents[1], target_is_directory=True)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_", "GAIN_"))}
+    env |= {
+        "DVC_NO_ANALYTICS": "1",
+        "DVC_SITE_CACHE_DIR": str(dest / ".dvc_site_cache"),
+        "PYTHONUNBUFFERED": "1",
+    }
+    env["OMP_NUM_THREADS"] = str(os.cpu_count() or 1)  # the stages use every core, whatever this shell says
+    env |= {"PATH": f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"}
+    env |= {f"GIT_{who}_NAME": "bench" for who in ("AUTHOR", "COMMITTER")}
+    env |= {f"GIT_{who}_EMAIL": "bench@example.com" for who in ("AUTHOR", "COMMITTER")}
+    for git in (["init", "-q", "-b", "main"], ["add", "-A"], ["commit", "-qm", "benchmark copy"]):
+        subprocess.run(["git", *git], cwd=dest, check=True, env=env)
+    return env
+
+
 def bench_pipeline(device: str) -> dict:
     """Default `dvc repro` in a fresh copy of the repo (stage by stage), then a no-op `dvc repro`."""
     dvc = str(Path(sys.executable).parent / "dvc")
     with tempfile.TemporaryDirectory(prefix="gain-bench-") as tmp:
-        repo, env = pipeline_copy(Path(tmp))
-        if device == "cpu":
-            env["CUDA_VISIBLE_DEVICES"] = ""
-        stages, log, current = {}, [], None
-        load_start = os.getloadavg()[0]
-        cpu_start = resource.getrusage(resource.RUSAGE_CHILDREN)
-        start = since = time.perf_counter()
-        proc = subprocess.Popen(
-            [dvc, "repro"], cwd=repo, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-        )
+        repo = Path(tmp)
+        env = pipeline_copy(repo) | ({"CUDA_VISIBLE_DEVICES": ""} if device == "cpu" else {})
+        starts, log, load_start = {}, [], os.getloadavg()[0]
+        cpu_start, start = resource.getrusage(resource.RUSAGE_CHILDREN), time.perf_counter()
+        proc = subprocess.Popen([dvc, "repro"], cwd=repo, env=env, stdout=PIPE, stderr=STDOUT, text=True)
         for line in proc.stdout:
             log.append(line)
-            if line.startswith("Running stage '"):
-                now = time.perf_counter()
-                if current:
-                    stages[current] = now - since
-                current, since = line.split("'")[1], now
+            if line.startswith("Running stage '"):  # a stage runs until the next one starts
+                starts[line.split("'")[1]] = time.perf_counter()
         if proc.wait() != 0:
             raise RuntimeError("dvc repro failed:\n" + "".join(log[-60:]))
-        wall = time.perf_counter() - start
-        if current:
-            stages[current] = time.perf_counter() - since  # the last stage (plus dvc's lock writing)
-        cpu_end = resource.getrusage(resource.RUSAGE_CHILDREN)  # dvc and, through it, every stage process
-        load_end = os.getloadavg()[0]
+        ends = [*list(starts.values())[1:], time.perf_counter()]  # the last stage with dvc's lock writing
+        wall, stages = ends[-1] - start, {k: e - s for (k, s), e in zip(starts.items(), ends, strict=True)}
+        # CPU time of dvc and, through it, every stage process
+        cpu_end, load_end = resource.getrusage(resource.RUSAGE_CHILDREN), os.getloadavg()[0]
         start = time.perf_counter()
         noop = subprocess.run([dvc, "repro"], cwd=repo, env=env, capture_output=True, text=True)
         noop_s = time.perf_counter() - start
@@ -436,8 +340,8 @@ def bench_pipeline(device: str) -> dict:
         "pipeline_wall_s": wall,
         "noop_repro_s": noop_s,
         "pipeline_stage_s": stages,
-        "noop_reran_stages": [line for line in noop.stdout.splitlines() if line.startswith("Running stage")],
-        "pipeline_cpu_s": (cpu_end.ru_utime + cpu_end.ru_stime) - (cpu_start.ru_utime + cpu_start.ru_stime),
+        "noop_reran_stages": [ln for ln in noop.stdout.splitlines() if ln.startswith("Running stage")],
+        "pipeline_cpu_s": sum(getattr(cpu_end, f) - getattr(cpu_start, f) for f in ("ru_utime", "ru_stime")),
         "pipeline_loadavg": [load_start, load_end],
     }
 

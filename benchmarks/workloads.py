@@ -1,5 +1,5 @@
-"""What the benchmarks run: the library's own training steps and passes on synthetic or real VOC batches,
-plus the one thing the library does not have, the public GAIN code's pass structure.
+"""What the benchmarks run: the library's own training steps, passes and CRFs on synthetic or real VOC
+batches, plus the one thing the library does not have, the public GAIN code's pass structure.
 
 Training steps (forward and losses under autocast, then zero_grad, backward and the optimizer step, as
 gain.runtime.loop.fit does):
@@ -16,10 +16,7 @@ gain.runtime.loop.fit does):
 from __future__ import annotations
 
 import dataclasses
-import os
-import shutil
-import subprocess
-import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +25,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
+from benchmarks.timing import interleaved, median_s, raw_ms
 from gain.cam.attention import EPS, attention_maps, label_pairs, soft_mask
 from gain.cam.losses import gain_loss
 from gain.cam.model import GAIN, build_gain
@@ -39,7 +37,8 @@ from gain.runtime.device import Runtime
 from gain.runtime.loaders import collate
 from gain.runtime.loop import sgd
 from gain.runtime.params import GainParams, SecParams
-from gain.sec.model import LargeFOV
+from gain.sec.crf import CRFPool
+from gain.sec.crf_exact import ExactCRF
 from gain.sec.train import sec_step_losses
 from gain.seeds.extract import image_attention
 
@@ -51,37 +50,28 @@ VARIANTS = ("plain", "gain", "gain_detached", "public")
 def synthetic_items(n: int, *, size: int, num_fg: int, seed: int = 0) -> list[dict]:
     """n rendered images with 1..3 distinct classes each (mean ~2 labels over `num_fg` classes), as
     VOCDataset(keep_original=True) yields them: image, label, mask, has_mask, orig_mask, id."""
-    cfg = SyntheticConfig(num_classes=num_fg, image_size=size, seed=seed)
-    rng = np.random.default_rng(seed)
+    cfg, rng = SyntheticConfig(num_classes=num_fg, image_size=size, seed=seed), np.random.default_rng(seed)
     items = []
     for i in range(n):
         classes = rng.choice(np.arange(1, num_fg + 1), size=int(rng.integers(1, 4)), replace=False)
         r = render_image(rng, cfg, classes, TEXTURES[i % len(TEXTURES)])
-        label = np.zeros(num_fg, dtype=np.float32)
+        label = torch.zeros(num_fg)
         label[[o.cls - 1 for o in r.objects]] = 1.0  # the classes actually drawn (a few get dropped)
-        items.append(
-            {
-                "image": to_tensor(r.image),
-                "label": torch.from_numpy(label),
-                "mask": torch.from_numpy(r.mask.astype(np.int64)),
-                "has_mask": True,
-                "orig_mask": r.mask,
-                "id": f"bench_{i:03d}",
-            }
-        )
+        mask = torch.from_numpy(r.mask.astype(np.int64))
+        items.append({"image": to_tensor(r.image), "label": label, "mask": mask, "has_mask": True})
+        items[-1] |= {"orig_mask": r.mask, "id": f"bench_{i:03d}"}
     return items
 
 
-def voc_index(root: Path = VOC_SAMPLE, *, repeat: int = 1) -> DatasetIndex:
-    """The index of a VOC-layout folder's images (labels from their masks), every role listing them all,
-    `repeat` times over (to fill batches from a few images)."""
+def voc_index(root: Path = VOC_SAMPLE) -> DatasetIndex:
+    """The index of a VOC-layout folder's images (labels from their masks), every role listing them all."""
     ids = sorted(p.stem for p in (root / "JPEGImages").glob("*.jpg"))
-    index = build_index(root, "voc", {"weak_train": ids, "seed_eval": ids, "val": ids})
-    return index.with_meta(splits={k: v * repeat for k, v in index.splits.items()})
+    return build_index(root, "voc", {"weak_train": ids, "seed_eval": ids, "val": ids})
 
 
-def mean_labels(labels: torch.Tensor) -> float:
-    return float(labels.sum(dim=1).float().mean())
+def random_log_probs(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
+    """Float32 log-softmax over the class axis (third from last) of confident random logits."""
+    return torch.log_softmax(torch.from_numpy(3.0 * rng.standard_normal(shape)), dim=-3).float().numpy()
 
 
 # ------------------------------------------------------------------------------------------- steps
@@ -92,27 +82,38 @@ class Trainee:
     model: torch.nn.Module
     optimizer: torch.optim.Optimizer
 
+    def update(self, loss: torch.Tensor) -> None:
+        """fit's update."""
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
 
-def update(t: Trainee, loss: torch.Tensor) -> None:
-    """fit's update."""
-    t.optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    t.optimizer.step()
+
+def on_device(model: torch.nn.Module, rt: Runtime) -> torch.nn.Module:
+    model = model.to(rt.device)
+    return model.to(memory_format=torch.channels_last) if rt.channels_last else model
 
 
-def gain_trainee(p: GainParams, num_fg: int, rt: Runtime, *, seed: int) -> Trainee:
-    """build_gain(p) from `seed` (so trainees built from one seed start from the same weights)."""
-    torch.manual_seed(seed)
-    model = build_gain(p, num_fg).to(rt.device).train()
-    if rt.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    return Trainee(model, sgd(model.classifier.param_groups(p.weight_decay), lr=p.lr, momentum=p.momentum))
+def trainee(model: torch.nn.Module, p: GainParams | SecParams, rt: Runtime) -> Trainee:
+    model = on_device(model, rt).train()
+    groups = (model.classifier if isinstance(model, GAIN) else model).param_groups(p.weight_decay)
+    return Trainee(model, sgd(groups, lr=p.lr, momentum=p.momentum))
 
 
 def build_trainees(p: GainParams, num_fg: int, rt: Runtime, *, seed: int, names=VARIANTS) -> dict:
+    """build_gain per variant, each from `seed` (so all start from the same weights)."""
     detached = dataclasses.replace(p, grad_weights="detached")
     config = {"plain": p, "gain": p, "gain_detached": detached, "public": detached}
-    return {name: gain_trainee(config[name], num_fg, rt, seed=seed) for name in names}
+    out = {}
+    for name in names:
+        torch.manual_seed(seed)
+        out[name] = trainee(build_gain(config[name], num_fg), config[name], rt)
+    return out
+
+
+def gain_total(model, batch: dict, p: GainParams, rt: Runtime, *, mine: bool = True) -> torch.Tensor:
+    with rt.autocast():
+        return gain_step_losses(model, batch, p, rt, mine=mine)["total"]
 
 
 def public_total(model: GAIN, batch: dict, rt: Runtime, *, alpha: float) -> torch.Tensor:
@@ -144,34 +145,25 @@ def public_total(model: GAIN, batch: dict, rt: Runtime, *, alpha: float) -> torc
         out = {"logits": logits, "attn": attn, "pair_image": pair_image, "pair_class": pair_class}
         if pair_image.numel():
             src = x[pair_image]
-            out["masked_logits"] = clf(
-                src - soft_mask(attn, x.shape[-2:], sigma=model.sigma, omega=model.omega) * src
-            )
+            mask = soft_mask(attn, x.shape[-2:], sigma=model.sigma, omega=model.omega)
+            out["masked_logits"] = clf(src - mask * src)
         return gain_loss(out, y, alpha=alpha)["total"]
 
 
 def loss_fns(trainees: dict[str, Trainee], batch: dict, p: GainParams, rt: Runtime) -> dict[str, Callable]:
     """Each variant's total loss on `batch` (autocast inside, as fit's)."""
-
-    def library(t: Trainee, mine: bool) -> torch.Tensor:
-        with rt.autocast():
-            return gain_step_losses(t.model, batch, p, rt, mine=mine)["total"]
-
-    fns = {
-        name: (lambda t=t, mine=name != "plain": library(t, mine))
+    return {
+        name: (lambda t=t: public_total(t.model, batch, rt, alpha=p.alpha))
+        if name == "public"
+        else (lambda t=t, mine=name != "plain": gain_total(t.model, batch, p, rt, mine=mine))
         for name, t in trainees.items()
-        if name != "public"
     }
-    if "public" in trainees:
-        fns["public"] = lambda: public_total(trainees["public"].model, batch, rt, alpha=p.alpha)
-    return fns
 
 
 def step_fns(trainees: dict[str, Trainee], batch: dict, p: GainParams, rt: Runtime) -> dict[str, Callable]:
     """One full training step per variant: loss, backward, optimizer step."""
     return {
-        name: (lambda t=trainees[name], f=fn: update(t, f()))
-        for name, fn in loss_fns(trainees, batch, p, rt).items()
+        k: (lambda t=trainees[k], f=f: t.update(f())) for k, f in loss_fns(trainees, batch, p, rt).items()
     }
 
 
@@ -184,25 +176,44 @@ def public_vs_ours(p: GainParams, num_fg: int, batch: dict, rt: Runtime, *, seed
         loss.backward()
         res[name] = (loss.detach().float(), [q.grad.float() for q in trainees[name].model.parameters()])
     (la, ga), (lb, gb) = res["gain_detached"], res["public"]
-    scale = max(float(g.abs().max()) for g in ga)
+    diff = max(float((a - b).abs().max()) for a, b in zip(ga, gb, strict=True))
     return {
         "loss_abs_diff": float((la - lb).abs()),
-        "grad_max_abs_diff_rel": max(float((a - b).abs().max()) for a, b in zip(ga, gb, strict=True)) / scale,
+        "grad_max_abs_diff_rel": diff / max(float(g.abs().max()) for g in ga),
     }
 
 
-def sec_trainee(p: SecParams, num_classes: int, rt: Runtime) -> Trainee:
-    model = LargeFOV(p.backbone, num_classes).to(rt.device).train()
-    if rt.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    return Trainee(model, sgd(model.param_groups(p.weight_decay), lr=p.lr, momentum=p.momentum))
-
-
-def sec_step(t: Trainee, pool, batch: dict, p: SecParams, rt: Runtime) -> None:
-    """train_sec's step (CRF Q from `pool`), then fit's update."""
+def sec_step(t: Trainee, crf, batch: dict, p: SecParams, rt: Runtime) -> None:
+    """train_sec's step (CRF Q from `crf`), then fit's update."""
     with rt.autocast():
-        losses = sec_step_losses(t.model, batch, pool, p, rt)
-    update(t, losses["total"])
+        loss = sec_step_losses(t.model, batch, crf, p, rt)["total"]
+    t.update(loss)
+
+
+# ------------------------------------------------------------------------------------------- CRFs
+def start_workers(pool) -> None:
+    """Wait until every worker of a fresh CRFPool has started (spawned workers import their modules first):
+    sleeping tasks keep the early workers busy until each has taken one."""
+    if getattr(pool, "processes", 0):
+        pool._pool.map(time.sleep, [0.5] * pool.processes, chunksize=1)
+
+
+def crf_rates(images, log_probs, scale: float, pools, device: torch.device, rounds: int) -> tuple[dict, dict]:
+    """CRFs per second on one batch ((B, h, w, 3) uint8, (B, C, h, w) float32 log-probabilities): pydensecrf
+    in-line ("inline") and in pools of each size in `pools`, and the exact CRF batched on `device`
+    ("exact"), interleaved. -> (rates, raw ms)."""
+    backends = {"inline": CRFPool(0), **{str(n): CRFPool(n) for n in pools}}
+    tensors, exact = [torch.from_numpy(a).to(device) for a in (images, log_probs)], ExactCRF()
+    fns = {k: (lambda b=b: b.map(images, log_probs, scale)) for k, b in backends.items()}
+    fns["exact"] = lambda: exact.run(*tensors, scale)
+    try:
+        for b in backends.values():
+            start_workers(b)
+        times = interleaved(fns, rounds, device, warmup=1)
+    finally:
+        for b in backends.values():
+            b.close()
+    return {k: len(images) / v for k, v in median_s(times).items()}, raw_ms(times)
 
 
 # ------------------------------------------------------------------------------------------- seed passes
@@ -225,8 +236,7 @@ def seeds_per_class(classifier, items: list[dict], rt: Runtime, *, batch_size: i
             single[:, c] = 1.0
             with torch.no_grad(), rt.autocast():
                 attn, pair_image, _ = attention_maps(classifier, x[rows], single, flip=flip)
-            for a, i in zip(attn.float(), pair_image.tolist(), strict=True):
-                maps[(int(rows[i]), c)] = a
+            maps |= {(int(rows[i]), c): a for a, i in zip(attn.float(), pair_image.tolist(), strict=True)}
         for b in range(x.shape[0]):
             classes = sorted(c for i, c in maps if i == b)
             h, w = batch["orig_mask"][b].shape
@@ -237,39 +247,3 @@ def seeds_per_class(classifier, items: list[dict], rt: Runtime, *, batch_size: i
             a = F.interpolate(a[:, None], size=(h, w), mode="bilinear", align_corners=False)[:, 0]
             out.append((a.clamp(0, 1).cpu().numpy(), np.asarray(classes) + 1))
     return out
-
-
-# ------------------------------------------------------------------------------------------- pipeline
-def pipeline_copy(dest: Path) -> tuple[Path, dict]:
-    """A fresh git copy of the project's files (no outputs, no store) with params.yaml as it is, and the
-    environment `dvc repro` runs in there. -> (repo, env)."""
-    listed = subprocess.run(
-        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.splitlines()
-    for f in listed:
-        if (REPO / f).is_file() and not f.startswith(("reports/", "dvc.lock")):
-            (dest / f).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(REPO / f, dest / f)
-    (dest / ".venv").symlink_to(Path(sys.executable).parents[1], target_is_directory=True)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_", "GAIN_"))}
-    env |= {"DVC_NO_ANALYTICS": "1", "DVC_SITE_CACHE_DIR": str(dest / ".dvc_site_cache")}
-    env |= {
-        "OMP_NUM_THREADS": str(os.cpu_count() or 1)
-    }  # the stages use every core, whatever this shell says
-    env |= {
-        "PYTHONUNBUFFERED": "1",
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
-    }
-    env |= {
-        f"GIT_{who}_{what}": v
-        for who in ("AUTHOR", "COMMITTER")
-        for what, v in (("NAME", "bench"), ("EMAIL", "bench@example.com"))
-    }
-    subprocess.run(["git", "init", "-q", "-b", "main"], cwd=dest, check=True, env=env)
-    subprocess.run(["git", "add", "-A"], cwd=dest, check=True, env=env)
-    subprocess.run(["git", "commit", "-qm", "benchmark copy"], cwd=dest, check=True, env=env)
-    return dest, env
