@@ -339,6 +339,14 @@ def test_inline_pool_runs_in_the_calling_process():
         np.testing.assert_array_equal(got, dense_crf(image, prob, scale=1.0))
 
 
+def test_warm_up_waits_for_the_workers_and_leaves_the_pool_as_it_was(pool):
+    images, probs = _batch(8)
+    with CRFPool(0) as inline:
+        inline.warm_up()  # no workers to wait for
+        pool.warm_up()
+        np.testing.assert_array_equal(pool.map(images, probs, 1.0), inline.map(images, probs, 1.0))
+
+
 def test_pool_checks_the_batch_before_dispatch(pool):
     images, probs = _batch(4)
     with pytest.raises(ValueError, match="batch sizes differ"):

@@ -35,6 +35,13 @@ def sgd(param_groups: list[dict], *, lr: float, momentum: float) -> torch.optim.
     return torch.optim.SGD(param_groups, lr=lr, momentum=momentum)
 
 
+def optimizer_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer) -> None:
+    """fit's update: clear the gradients, backward from `loss`, one optimizer step."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+
+
 def check_finite(losses: dict[str, torch.Tensor], step: int) -> None:
     for name, value in losses.items():
         if not torch.isfinite(value.detach()).all():
@@ -173,9 +180,7 @@ class _Run:
         with self.rt.autocast():
             losses = self.loop.step_fn(self.net, batch, step)
         check_finite(losses, step)
-        self.loop.optimizer.zero_grad(set_to_none=True)
-        losses["total"].backward()
-        self.loop.optimizer.step()
+        optimizer_step(losses["total"], self.loop.optimizer)
         if self.rt.is_main:
             logged = {**{f"train/loss_{k}": v.item() for k, v in losses.items()}, "train/lr": lr}
             self.tracker.log_metrics(logged, step=step + 1)

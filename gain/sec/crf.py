@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import multiprocessing
 import signal
+import time
 from dataclasses import dataclass, fields
 
 import numpy as np
@@ -189,6 +190,12 @@ class CRFPool:
             self._pool.terminate()
             self._pool.join()
             self._pool = None
+
+    def warm_up(self) -> None:
+        """Return once every worker has started (spawned workers import their modules first), so that a
+        timed first batch does not pay for it: sleeping tasks keep early workers busy until each took one."""
+        if self._pool is not None:
+            self._pool.map(time.sleep, [0.5] * self.processes, chunksize=1)
 
     def submit(self, images: np.ndarray, log_probs: np.ndarray, scale: float) -> CRFResult:
         """Start the CRF on a batch and return at once (inline: compute now); `.get()` gives (B, C, H, W).
