@@ -2,9 +2,9 @@
 # The GPU check, in under 5 minutes: VOC at the papers' scale measured on this GPU (`--paper-scale`: the
 # GAIN and SEC steps at the papers' batches, the 41 x 41 x 21 training CRFs of the lattice pool and of the
 # exact CRF on the GPU, decoding, seed post-processing and the test-time CRF; the full run projected from
-# them with `sec.train_crf: auto`'s choice on CUDA, the exact CRF; GPU utilisation per part), then the default benchmarks on CUDA (--quick: SEC step and CRFs per second of
-# each backend at 14 x 14 and 41 x 41; the pipeline is not timed), with nvidia-smi sampling utilisation and
-# memory every 0.5 s throughout. bf16 autocast and channels_last as gain.runtime.device.setup_runtime sets
+# them with `sec.train_crf: auto`'s choice on CUDA, the exact CRF), then the default benchmarks on CUDA
+# (--quick: SEC step and CRFs per second of each backend at 14 x 14 and 41 x 41; the pipeline is not timed),
+# with nvidia-smi sampling utilisation and memory every 0.5 s throughout. bf16 autocast and channels_last as gain.runtime.device.setup_runtime sets
 # them up for CUDA; DataLoader workers as params.yaml's runtime.workers (-1: sized from the cores).
 #
 #   bash benchmarks/gpu_check.sh [OUT_DIR]     # OUT_DIR defaults to reports/cuda

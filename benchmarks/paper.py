@@ -24,7 +24,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from benchmarks import workloads as wl
-from benchmarks.timing import gpu_sampled, interleaved, median_s, raw_ms
+from benchmarks.timing import interleaved, median_s, raw_ms
 from gain.cam.model import Classifier, build_gain
 from gain.data.dataset import VOCDataset
 from gain.data.transforms import eval_preset, train_preset
@@ -204,29 +204,28 @@ def cpu_rows(params, rt, s: dict, index, out_dir: Path) -> dict:
     return {k: (f, len(ids)) for k, f in rows.items()} | {"crf_full": (crf, 1)}
 
 
-def measure(params, rt, s: dict, table: list[int]) -> tuple[dict, dict, dict]:
+def measure(params, rt, s: dict, table: list[int]) -> tuple[dict, dict]:
     """The rows, interleaved; SEC's training CRFs (41 x 41 x 21, 15 per call on VOC images, params'
-    crf_scale) in-line, in pools of `table` processes and exact. -> (figures, GPU utilisation, seconds)."""
-    index, gpu, section_s = wl.voc_index(), {}, {}
-    with tempfile.TemporaryDirectory(prefix="bench-seeds-") as tmp, gpu_sampled(rt.device, gpu, "steps"):
+    crf_scale) in-line, in pools of `table` processes and exact. -> (figures, seconds per part)."""
+    index = wl.voc_index()
+    with tempfile.TemporaryDirectory(prefix="bench-seeds-") as tmp:
         start = time.perf_counter()
         rows = step_rows(params, rt, s, index) | cpu_rows(params, rt, s, index, Path(tmp) / "seeds")
         times = interleaved({k: f for k, (f, _) in rows.items()}, s["rounds"], rt.device, s["warmup"])
-        section_s["steps"] = time.perf_counter() - start
+        section_s = {"steps": time.perf_counter() - start}
     ds = VOCDataset(index, index.splits["weak_train"], eval_preset(PAPER["input_size"]))
     images = downscale_images(voc_batch(ds, PAPER["sec_batch"])["image"], (41, 41))
     rng = np.random.default_rng(params.seed)
     log_probs = wl.random_log_probs(rng, (len(images), PAPER["classes"], 41, 41))
-    with gpu_sampled(rt.device, gpu, "crf"):
-        start, scale = time.perf_counter(), resolve(params.sec.crf_scale, train_crf_scale, (41, 41))
-        rates, raw = wl.crf_rates(images, log_probs, scale, table, rt.device, max(2, s["rounds"]))
-        section_s["crf"] = time.perf_counter() - start
+    start, scale = time.perf_counter(), resolve(params.sec.crf_scale, train_crf_scale, (41, 41))
+    rates, raw = wl.crf_rates(images, log_probs, scale, table, rt.device, max(2, s["rounds"]))
+    section_s["crf"] = time.perf_counter() - start
     workers = loader_workers(params.runtime.workers, rt.device.type == "cuda")
     per = {k: v / rows[k][1] for k, v in median_s(times).items()}
     small = per["seeds_extract_small_trunk"] - per["seeds_attention_small_trunk"]  # cues, PNGs, scoring
     m = {"seconds_per_image": per, "seeds_main_process_s_per_image": max(small, 0.0)}
     m |= {"crf41_per_s": rates, "loader_workers": workers, "raw_ms": raw_ms(times), "raw_crf41_ms": raw}
-    return m, gpu, section_s
+    return m, section_s
 
 
 def gflops(build, size: int) -> float:
@@ -251,17 +250,15 @@ def paper_scale(params, rt, *, quick: bool) -> dict:
     builds = {"classifier": lambda: Classifier("vgg16", 20), "largefov": lambda: LargeFOV("vgg16", 21)}
     sizes = {"321": 321, "measured": s["input_size"]}
     flops = {f"{net}_gflops_{tag}": gflops(b, n) for net, b in builds.items() for tag, n in sizes.items()}
-    m, gpu, section_s = measure(params, rt, s, table)
+    m, section_s = measure(params, rt, s, table)
     sec_crf = train_crf_backend("auto", rt.device)
-    setup = {**s, "paper": PAPER, "label_pattern": LABEL_PATTERN[:8], "flops": flops}
-    setup["sec_train_crf"] = sec_crf
+    setup = {**s, "paper": PAPER, "flops": flops, "sec_train_crf": sec_crf}
     setup |= {"crf_workers_configured": params.runtime.crf_workers, "deterministic": params.deterministic}
     setup |= {"amp_bf16": rt.amp, "channels_last": rt.channels_last}
     return {
         **projection(m, s, flops, sec_crf, cuda),
         "gpu_measured": cuda,
         "gpu_name": torch.cuda.get_device_name(rt.device) if cuda else None,
-        "gpu_utilisation": gpu if cuda else None,
         "paper_scale_setup": setup,
         "paper_scale_measured": m,
         "paper_scale_section_s": section_s,
@@ -270,5 +267,5 @@ def paper_scale(params, rt, *, quick: bool) -> dict:
 
 # What --paper-scale writes into reports/benchmarks.json (the default run keeps these and replaces the rest).
 KEYS = ("voc_paper_scale_hours", "voc_stage_hours", "voc_step_split_s", "gpu_measured", "gpu_name",
-        "gpu_utilisation", "voc_multi_gpu_hours", "gpu_estimate", "crf_sizing", "paper_scale_setup",
+        "voc_multi_gpu_hours", "gpu_estimate", "crf_sizing", "paper_scale_setup",
         "paper_scale_measured", "paper_scale_section_s", "paper_scale_run")  # fmt: skip

@@ -24,7 +24,6 @@ FIGURES = [  # (key, unit, what)
 DETAILS = {  # key -> what it holds (units in the key's name)
     "step_setup": "the GAIN step's setting (benchmarks.workloads' docstring says what each variant runs)",
     "step_ms": "median step time per variant",
-    "plain_step_ms_by_threads": "the plain step by intra-op threads, interleaved",
     "public_equivalence": "public vs gain_detached from the same weights (gradients relative to the largest)",
     "memory_mib": "peak step memory above the model's own",
     "memory_method": "how",
@@ -38,7 +37,6 @@ DETAILS = {  # key -> what it holds (units in the key's name)
     "pipeline_loadavg": "load average at its start and end",
     "pipeline_measured_on": "kept from that run (--skip-pipeline)",
     "noop_reran_stages": "stages the no-op repro re-ran",
-    "profile": "torch.profiler per variant (shown when a step target is missed, or on --profile)",
 }
 
 
@@ -130,8 +128,6 @@ def render_paper(res: dict) -> list[str]:
         f"process; the learning rates need retuning): {fmt(res['voc_multi_gpu_hours'])}."
     )
     lines += ["", timed]
-    if res["gpu_utilisation"]:
-        lines += ["", f"GPU utilisation while each part ran (%, every 0.2 s): {fmt(res['gpu_utilisation'])}."]
     if est:
         a, by = est["assumed"], est["sec_hours_by_crf"]
         estimate = (

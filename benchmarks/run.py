@@ -1,7 +1,7 @@
 """Speed and memory of the pipeline's hot paths on this machine, in one run.
 
     python -m benchmarks.run [--quick] [--paper-scale] [--device auto|cpu|cuda] [--skip-pipeline]
-                             [--profile] [--threads N] [--out-dir reports]
+                             [--threads N] [--out-dir reports]
 
 The default run times params.yaml's settings (benchmarks.suite) against its targets; `--paper-scale` times
 VOC's steps at the papers' scale and projects the full run (benchmarks.paper). Both write <out-dir>/
@@ -76,7 +76,6 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument(
         "--skip-pipeline", action="store_true", help="do not time `dvc repro` (keep the previous run's)"
     )
-    ap.add_argument("--profile", action="store_true", help="profile the training steps even if targets pass")
     threads = (
         "torch intra-op threads on the CPU (default 1: on a CPU shared with other jobs, ratios stay fair; "
     )
@@ -114,7 +113,7 @@ def main(argv: list[str] | None = None) -> dict | None:
         return res
     res = {"command": command, "device": rt.device.type, "quick": args.quick, "machine": machine}
     res |= kept_pipeline(args.out_dir) if args.skip_pipeline else {}
-    res |= suite.run_sections(params, rt, args, default_threads)
+    res |= suite.run_sections(params, rt, args)
     res["machine"]["loadavg_end"] = list(os.getloadavg())
     res["targets"] = suite.verdicts(res)
     print(write(args.out_dir, res, lambda k: k in paper.KEYS, report.render))

@@ -21,7 +21,6 @@ from subprocess import PIPE, STDOUT
 
 import numpy as np
 import torch
-from torch.profiler import ProfilerActivity, profile
 
 from benchmarks import workloads as wl
 from benchmarks.timing import interleaved, median_ms, paired_ratio, raw_ms, status_kib, syncer
@@ -51,19 +50,17 @@ MEMORY_METHOD = {  # by device type
     "cuda": "torch.cuda.max_memory_allocated over the steps minus memory_allocated before them (weights, "
     "gradients and momentum in the baseline)",
 }
-BACKWARD = "autograd::engine::evaluate_function: "  # the profiler's name prefix of backward ops
 CRF_CASES = {"14x14x7": (None, 14, 7), "41x41x21": (15, 41, 21)}  # (images per call, grid side, classes)
 # Repetitions per section; rounds are interleaved rounds, each running every variant once.
 Reps = namedtuple("Reps", "warmup step_rounds seed_rounds sec_rounds crf_rounds eval_rounds memory_steps")
 FULL, QUICK = Reps(5, 40, 7, 20, 9, 15, 3), Reps(1, 3, 1, 3, 2, 3, 1)
 
 
-def run_sections(params, rt, args, default_threads: int) -> dict:
+def run_sections(params, rt, args) -> dict:
     """Every section in turn (the pipeline unless --skip-pipeline), with its wall time in `section_s`."""
     reps, dev = QUICK if args.quick else FULL, rt.device.type
-    profile_steps = True if args.profile else (False if args.quick else None)  # None: when a target is missed
     sections = {
-        "training steps": lambda: bench_steps(params, rt, reps, profile_steps, default_threads),
+        "training steps": lambda: bench_steps(params, rt, reps),
         "memory": lambda: bench_memory(reps, args.device, args.threads, dev),
         "seeds": lambda: bench_seeds(params, rt, reps),
         "SEC step and CRF pool": lambda: bench_sec(params, rt, reps),
@@ -91,7 +88,7 @@ def gain_steps(params, rt, batch: dict, names=wl.VARIANTS) -> dict:
     return wl.step_fns(wl.build_trainees(g, num_fg, rt, seed=params.seed, names=names), batch, g, rt)
 
 
-def bench_steps(params, rt, reps: Reps, profile_steps: bool | None, default_threads: int) -> dict:
+def bench_steps(params, rt, reps: Reps) -> dict:
     """GAIN vs plain classifier step, and ours vs the public pass structure, interleaved."""
     g, num_fg, batch = params.gain, params.data.synthetic.num_classes, gain_batch(params)
     check = wl.public_vs_ours(g, num_fg, batch, rt, seed=params.seed)
@@ -101,7 +98,7 @@ def bench_steps(params, rt, reps: Reps, profile_steps: bool | None, default_thre
     setup = {k: getattr(g, k) for k in ("batch_size", "input_size", "backbone", "grad_weights", "alpha")}
     per_image = batch["label"].sum(dim=1)
     setup |= {"num_fg": num_fg, "class_ranks": int(per_image.max()), "pairs": int(per_image.sum())}
-    res = {
+    return {
         "mean_labels_per_image": labels,
         "gain_step_over_plain": over_plain,
         "gain_step_over_floor": over_plain / ((1.0 + labels) * 1.1),
@@ -113,46 +110,6 @@ def bench_steps(params, rt, reps: Reps, profile_steps: bool | None, default_thre
         "public_equivalence": check,
         "raw_step_ms": raw_ms(times),
     }
-    threads = torch.get_num_threads()
-    if rt.device.type == "cpu" and threads != default_threads:
-        # The plain step at torch's default thread count too (what the pipeline's stages use): on a CPU
-        # shared with other jobs, spinning OpenMP workers can make several threads far slower than one.
-        def at(n: int) -> None:
-            torch.set_num_threads(n)
-            try:
-                fns["plain"]()
-            finally:
-                torch.set_num_threads(threads)
-
-        by = {str(n): (lambda n=n: at(n)) for n in (threads, default_threads)}
-        res["plain_step_ms_by_threads"] = median_ms(interleaved(by, max(3, reps.step_rounds // 4), rt.device))
-    missed = not (res["gain_step_over_floor"] <= 1.0 and res["speedup_vs_public_pass_structure"] >= 1.3)
-    wanted = profile_steps or (missed and profile_steps is None)
-    res["profile"] = profile_fns(fns, rt, max(3, reps.warmup)) if wanted else None
-    return res
-
-
-def profile_fns(fns: dict, rt, steps: int) -> dict:
-    """torch.profiler per step variant: self time per operator and conv passes per step."""
-    cuda, out = rt.device.type == "cuda", {}
-    attr = "self_device_time_total" if cuda else "self_cpu_time_total"
-    for name, fn in fns.items():
-        fn()
-        with profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])) as prof:
-            for _ in range(steps):
-                fn()
-            syncer(rt.device)()
-        events = prof.key_averages()
-        total, counts = sum(getattr(e, attr) for e in events) or 1.0, {e.key: e.count / steps for e in events}
-        out[name] = {
-            "total_ms_per_step": total / 1e3 / steps,
-            "ms_by_op": {
-                e.key: getattr(e, attr) / 1e3 / steps for e in events if getattr(e, attr) >= total / 100
-            },
-            "conv_forward_per_step": counts.get("aten::convolution", 0.0),
-            "conv_backward_per_step": counts.get(f"{BACKWARD}ConvolutionBackward0", 0.0),
-        }
-    return out
 
 
 def memory_child(variant: str, device: str, steps: int, threads: int) -> None:

@@ -1,5 +1,4 @@
-"""How the benchmarks time things: interleaved rounds and paired ratios, this process's resident memory, and
-GPU utilisation sampling.
+"""How the benchmarks time things: interleaved rounds and paired ratios, and this process's resident memory.
 
 Variants that are compared run side by side: their repetitions alternate (ABC, CBA, ...) and each ratio is
 the median of the per-round ratios, so load from other processes falls on both sides of a ratio alike.
@@ -8,10 +7,7 @@ the median of the per-round ratios, so load from other processes falls on both s
 from __future__ import annotations
 
 import statistics
-import subprocess
-import threading
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -61,41 +57,3 @@ def status_kib(field: str) -> int:
     """A field of /proc/self/status in KiB: VmRSS (resident now) or VmHWM (peak resident)."""
     line = next(ln for ln in Path("/proc/self/status").read_text().splitlines() if ln.startswith(field + ":"))
     return int(line.split()[1])
-
-
-def gpu_busy_pct(index: int) -> float | None:
-    """The GPU's busy percentage over the last sample period: torch.cuda.utilization (NVML through pynvml)
-    where it works, else one `nvidia-smi` query; None if neither does."""
-    try:
-        return float(torch.cuda.utilization(index))
-    except Exception:  # pynvml missing or NVML refusing: the command-line tool
-        query = f"nvidia-smi -i {index} --query-gpu=utilization.gpu --format=csv,noheader,nounits".split()
-        try:
-            return float(subprocess.run(query, capture_output=True, text=True).stdout.split()[0])
-        except (OSError, IndexError, ValueError):
-            return None
-
-
-@contextmanager
-def gpu_sampled(device: torch.device, into: dict, key: str, period: float = 0.2):
-    """Samples GPU utilisation every `period` s in a thread while the block runs (CUDA only); then
-    into[key] = {mean_pct, max_pct, samples}, or None where nothing was read."""
-    samples, stop = [], threading.Event()
-
-    def sample() -> None:
-        while not stop.wait(period) and (value := gpu_busy_pct(device.index or 0)) is not None:
-            samples.append(value)
-
-    thread = threading.Thread(target=sample, daemon=True)
-    if device.type == "cuda":
-        thread.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        if thread.is_alive():
-            thread.join()
-        n = len(samples)
-        into[key] = (
-            {"mean_pct": statistics.fmean(samples), "max_pct": max(samples), "samples": n} if n else None
-        )

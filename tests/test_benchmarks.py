@@ -97,7 +97,7 @@ def test_compared_variants_compute_the_same_thing(quick_runs):
 @pytest.mark.e2e
 def test_paper_scale_projects_every_stage(quick_runs):
     res, md = quick_runs
-    assert res["gpu_measured"] is False and res["gpu_name"] is None and res["gpu_utilisation"] is None
+    assert res["gpu_measured"] is False and res["gpu_name"] is None
     assert set(res["voc_paper_scale_hours"]) == {"gain_batch_1", "gain_batch_16"}
     assert all(positive(v) for v in res["voc_paper_scale_hours"].values())
     assert set(res["voc_stage_hours"]) == STAGES and all(positive(v) for v in res["voc_stage_hours"].values())
