@@ -26,6 +26,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from benchmarks import workloads as wl
 from benchmarks.timing import interleaved, median_s, raw_ms
 from gain.cam.model import Classifier, build_gain
+from gain.cam.train import gain_step_losses
 from gain.data.dataset import VOCDataset
 from gain.data.transforms import eval_preset, train_preset
 from gain.runtime.loaders import collate, loader_workers
@@ -34,7 +35,7 @@ from gain.sec.crf_exact import train_crf_backend
 from gain.sec.evaluate import submit_crf
 from gain.sec.model import LargeFOV
 from gain.sec.scale import inference_crf_scale, resolve, train_crf_scale
-from gain.sec.train import downscale_images
+from gain.sec.train import downscale_images, sec_step_losses
 from gain.seeds.extract import extract_seeds, image_attention
 
 PAPER = {  # GAIN (Li et al. 2018) and SEC (Kolesnikov & Lampert 2016) on VOC 2012
@@ -168,13 +169,13 @@ def step_rows(params, rt, s: dict, index) -> dict:
     labels["gain_batched"] = LABEL_PATTERN[: s["gain_batch"]]
     for name, counts in labels.items():
         batch = voc_batch(ds, len(counts), counts)
-        rows[name] = (lambda b=batch: gain.update(wl.gain_total(gain.model, b, p, rt)), len(counts))
+        rows[name] = (lambda b=batch: wl.step(gain, gain_step_losses, b, p, rt=rt), len(counts))
     losses = tuple(t for t in params.sec.losses if t != "constrain")
     q = dataclasses.replace(params.sec, backbone="vgg16", input_size=size, batch_size=s["sec_batch"])
     q = dataclasses.replace(q, losses=losses)
     sec = wl.trainee(LargeFOV("vgg16", PAPER["classes"]), q, rt)
     batch = voc_batch(VOCDataset(index, ids, train_preset(size), mask_root=masks), s["sec_batch"])
-    rows["sec_network"] = (lambda: wl.sec_step(sec, None, batch, q, rt), s["sec_batch"])
+    rows["sec_network"] = (lambda: wl.step(sec, sec_step_losses, batch, None, q, rt=rt), s["sec_batch"])
     for name, kw in (("decode_gain", {"with_masks": set()}), ("decode_sec", {"mask_root": masks})):
         data = VOCDataset(index, ids * 4, train_preset(PAPER["input_size"]), **kw)
         rows[name] = (lambda d=data: [d[i] for i in range(len(d))], len(data))
@@ -186,7 +187,7 @@ def cpu_rows(params, rt, s: dict, index, out_dir: Path) -> dict:
     (beside a VGG16 pass on a CPU their difference, the main process's share, would be noise), and SEC's
     test-time CRF (s = 1) on a full-resolution VOC image, in-line."""
     ids, size = index.splits["weak_train"], s["input_size"]
-    tiny = wl.on_device(Classifier("small", PAPER["classes"] - 1), rt).eval()
+    tiny = rt.place(Classifier("small", PAPER["classes"] - 1)).eval()
     ds = VOCDataset(index, ids, eval_preset(size), keep_original=True)
     image, rng, inline = ds[0]["orig_image"], np.random.default_rng(params.seed), CRFPool(0)
     probs = np.exp(wl.random_log_probs(rng, (PAPER["classes"], *image.shape[:2])))
@@ -207,12 +208,11 @@ def cpu_rows(params, rt, s: dict, index, out_dir: Path) -> dict:
 def measure(params, rt, s: dict, table: list[int]) -> tuple[dict, dict]:
     """The rows, interleaved; SEC's training CRFs (41 x 41 x 21, 15 per call on VOC images, params'
     crf_scale) in-line, in pools of `table` processes and exact. -> (figures, seconds per part)."""
-    index = wl.voc_index()
+    index, start = wl.voc_index(), time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="bench-seeds-") as tmp:
-        start = time.perf_counter()
         rows = step_rows(params, rt, s, index) | cpu_rows(params, rt, s, index, Path(tmp) / "seeds")
         times = interleaved({k: f for k, (f, _) in rows.items()}, s["rounds"], rt.device, s["warmup"])
-        section_s = {"steps": time.perf_counter() - start}
+    section_s = {"steps": time.perf_counter() - start}
     ds = VOCDataset(index, index.splits["weak_train"], eval_preset(PAPER["input_size"]))
     images = downscale_images(voc_batch(ds, PAPER["sec_batch"])["image"], (41, 41))
     rng = np.random.default_rng(params.seed)

@@ -33,7 +33,8 @@ from gain.sec.crf import CRFPool
 from gain.sec.crf_exact import ExactCRF
 from gain.sec.model import LargeFOV
 from gain.sec.scale import resolve, train_crf_scale
-from gain.sec.train import downscale_images
+from gain.sec.train import downscale_images, sec_step_losses
+from gain.seeds.extract import image_attention
 
 TARGETS = {  # figure -> (comparison, bound, what the bound stands for)
     "gain_step_over_floor": (
@@ -172,10 +173,12 @@ def bench_seeds(params, rt, reps: Reps) -> dict:
     g, num_fg = params.gain, params.data.synthetic.num_classes
     items = wl.synthetic_items(64, size=g.input_size, num_fg=num_fg, seed=params.seed + 1)
     torch.manual_seed(params.seed)
-    classifier = wl.on_device(Classifier(g.backbone, num_fg, weights="none", head=g.head), rt).eval()
+    classifier = rt.place(Classifier(g.backbone, num_fg, weights="none", head=g.head)).eval()
     kw = {"batch_size": params.runtime.seeds_batch_size, "flip": params.seeds.flip}
-    fns = {"batched": wl.seeds_batched, "per_class": wl.seeds_per_class}
-    fns = {k: (lambda f=f: f(classifier, items, rt, **kw)) for k, f in fns.items()}
+    fns = {
+        "batched": lambda: [(a, c) for _, a, c in image_attention(classifier, items, rt, **kw)],
+        "per_class": lambda: wl.seeds_per_class(classifier, items, rt, **kw),
+    }
     a, b = fns["batched"](), fns["per_class"]()  # also the warm-up
     same = all(np.array_equal(ca, cb) for (_, ca), (_, cb) in zip(a, b, strict=True))
     diff = max(float(np.abs(ma - mb).max(initial=0.0)) for (ma, _), (mb, _) in zip(a, b, strict=True))
@@ -200,7 +203,7 @@ def bench_sec(params, rt, reps: Reps) -> dict:
     with CRFPool(workers) as pool, CRFPool(0) as inline:
         crfs = {"pool": pool, "inline": inline, "exact": ExactCRF()}
         trainees = {k: wl.trainee(LargeFOV(p.backbone, num_fg + 1), p, rt) for k in crfs}
-        fns = {k: (lambda k=k: wl.sec_step(trainees[k], crfs[k], batch, p, rt)) for k in crfs}
+        fns = {k: (lambda k=k: wl.step(trainees[k], sec_step_losses, batch, crfs[k], p, rt=rt)) for k in crfs}
         times = interleaved(fns, reps.sec_rounds, rt.device, reps.warmup)
     # the scale the step used: params' value, or gain.sec.scale's rule on the default 14x14 grid
     scale = resolve(p.crf_scale, train_crf_scale, (14, 14))

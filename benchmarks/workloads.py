@@ -1,8 +1,7 @@
 """What the benchmarks run: the library's own training steps, passes and CRFs on synthetic or real VOC
 batches, plus the one thing the library does not have, the public GAIN code's pass structure.
 
-Training steps (forward and losses under autocast, then zero_grad, backward and the optimizer step, as
-gain.runtime.loop.fit does):
+Training steps (the library's losses under autocast, then gain.runtime.loop.optimizer_step, as fit does):
   plain          gain_step_losses(mine=False): the classification stream alone, L_cl (the warm-up step).
   gain           gain_step_losses with params' grad_weights.
   gain_detached  the same with grad_weights = "detached".
@@ -16,9 +15,8 @@ gain.runtime.loop.fit does):
 from __future__ import annotations
 
 import dataclasses
-import time
+from collections import namedtuple
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -35,12 +33,10 @@ from gain.data.synthetic import TEXTURES, SyntheticConfig, render_image
 from gain.data.transforms import to_tensor
 from gain.runtime.device import Runtime
 from gain.runtime.loaders import collate
-from gain.runtime.loop import sgd
+from gain.runtime.loop import optimizer_step, sgd
 from gain.runtime.params import GainParams, SecParams
 from gain.sec.crf import CRFPool
 from gain.sec.crf_exact import ExactCRF
-from gain.sec.train import sec_step_losses
-from gain.seeds.extract import image_attention
 
 REPO = Path(__file__).resolve().parents[1]
 VOC_SAMPLE = REPO / "tests" / "data" / "VOCdevkit" / "VOC2012"  # five real VOC 2012 images with masks
@@ -75,27 +71,13 @@ def random_log_probs(rng: np.random.Generator, shape: tuple[int, ...]) -> np.nda
 
 
 # ------------------------------------------------------------------------------------------- steps
-@dataclass
-class Trainee:
-    """A model with its optimizer (SGD over the model's own parameter groups, as the stages build it)."""
-
-    model: torch.nn.Module
-    optimizer: torch.optim.Optimizer
-
-    def update(self, loss: torch.Tensor) -> None:
-        """fit's update."""
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
-
-
-def on_device(model: torch.nn.Module, rt: Runtime) -> torch.nn.Module:
-    model = model.to(rt.device)
-    return model.to(memory_format=torch.channels_last) if rt.channels_last else model
+Trainee = namedtuple("Trainee", "model optimizer")
 
 
 def trainee(model: torch.nn.Module, p: GainParams | SecParams, rt: Runtime) -> Trainee:
-    model = on_device(model, rt).train()
+    """`model` placed on the device in training mode, with SGD over its own parameter groups, as the stages
+    build it."""
+    model = rt.place(model).train()
     groups = (model.classifier if isinstance(model, GAIN) else model).param_groups(p.weight_decay)
     return Trainee(model, sgd(groups, lr=p.lr, momentum=p.momentum))
 
@@ -111,9 +93,12 @@ def build_trainees(p: GainParams, num_fg: int, rt: Runtime, *, seed: int, names=
     return out
 
 
-def gain_total(model, batch: dict, p: GainParams, rt: Runtime, *, mine: bool = True) -> torch.Tensor:
+def step(t: Trainee, losses: Callable, *args, rt: Runtime, **kw) -> None:
+    """fit's step on `t`: a library step's losses (gain_step_losses, sec_step_losses) under autocast, then
+    fit's update."""
     with rt.autocast():
-        return gain_step_losses(model, batch, p, rt, mine=mine)["total"]
+        loss = losses(t.model, *args, rt, **kw)["total"]
+    optimizer_step(loss, t.optimizer)
 
 
 def public_total(model: GAIN, batch: dict, rt: Runtime, *, alpha: float) -> torch.Tensor:
@@ -144,60 +129,42 @@ def public_total(model: GAIN, batch: dict, rt: Runtime, *, alpha: float) -> torc
         attn = (cam - lo) / (hi - lo + EPS)
         out = {"logits": logits, "attn": attn, "pair_image": pair_image, "pair_class": pair_class}
         if pair_image.numel():
-            src = x[pair_image]
             mask = soft_mask(attn, x.shape[-2:], sigma=model.sigma, omega=model.omega)
-            out["masked_logits"] = clf(src - mask * src)
+            out["masked_logits"] = clf(model.erase_region(x[pair_image], mask))
         return gain_loss(out, y, alpha=alpha)["total"]
 
 
-def loss_fns(trainees: dict[str, Trainee], batch: dict, p: GainParams, rt: Runtime) -> dict[str, Callable]:
-    """Each variant's total loss on `batch` (autocast inside, as fit's)."""
-    return {
-        name: (lambda t=t: public_total(t.model, batch, rt, alpha=p.alpha))
-        if name == "public"
-        else (lambda t=t, mine=name != "plain": gain_total(t.model, batch, p, rt, mine=mine))
-        for name, t in trainees.items()
-    }
-
-
 def step_fns(trainees: dict[str, Trainee], batch: dict, p: GainParams, rt: Runtime) -> dict[str, Callable]:
-    """One full training step per variant: loss, backward, optimizer step."""
-    return {
-        k: (lambda t=trainees[k], f=f: t.update(f())) for k, f in loss_fns(trainees, batch, p, rt).items()
-    }
+    """One full training step per variant: its loss, then fit's update."""
+
+    def one(name: str, t: Trainee) -> Callable:
+        if name == "public":
+            return lambda: optimizer_step(public_total(t.model, batch, rt, alpha=p.alpha), t.optimizer)
+        return lambda: step(t, gain_step_losses, batch, p, rt=rt, mine=name != "plain")
+
+    return {name: one(name, t) for name, t in trainees.items()}
 
 
 def public_vs_ours(p: GainParams, num_fg: int, batch: dict, rt: Runtime, *, seed: int) -> dict:
     """One step's loss and parameter gradients of `public` and `gain_detached` from the same weights."""
-    trainees = build_trainees(p, num_fg, rt, seed=seed, names=("gain_detached", "public"))
-    res = {}
-    for name, fn in loss_fns(trainees, batch, p, rt).items():
-        loss = fn()
-        loss.backward()
-        res[name] = (loss.detach().float(), [q.grad.float() for q in trainees[name].model.parameters()])
-    (la, ga), (lb, gb) = res["gain_detached"], res["public"]
+    models = {
+        k: t.model
+        for k, t in build_trainees(p, num_fg, rt, seed=seed, names=("gain_detached", "public")).items()
+    }
+    with rt.autocast():
+        ours = gain_step_losses(models["gain_detached"], batch, p, rt)["total"]
+    theirs = public_total(models["public"], batch, rt, alpha=p.alpha)
+    ours.backward()
+    theirs.backward()
+    ga, gb = ([q.grad.float() for q in models[k].parameters()] for k in ("gain_detached", "public"))
     diff = max(float((a - b).abs().max()) for a, b in zip(ga, gb, strict=True))
     return {
-        "loss_abs_diff": float((la - lb).abs()),
+        "loss_abs_diff": float((ours.detach().float() - theirs.detach().float()).abs()),
         "grad_max_abs_diff_rel": diff / max(float(g.abs().max()) for g in ga),
     }
 
 
-def sec_step(t: Trainee, crf, batch: dict, p: SecParams, rt: Runtime) -> None:
-    """train_sec's step (CRF Q from `crf`), then fit's update."""
-    with rt.autocast():
-        loss = sec_step_losses(t.model, batch, crf, p, rt)["total"]
-    t.update(loss)
-
-
 # ------------------------------------------------------------------------------------------- CRFs
-def start_workers(pool) -> None:
-    """Wait until every worker of a fresh CRFPool has started (spawned workers import their modules first):
-    sleeping tasks keep the early workers busy until each has taken one."""
-    if getattr(pool, "processes", 0):
-        pool._pool.map(time.sleep, [0.5] * pool.processes, chunksize=1)
-
-
 def crf_rates(images, log_probs, scale: float, pools, device: torch.device, rounds: int) -> tuple[dict, dict]:
     """CRFs per second on one batch ((B, h, w, 3) uint8, (B, C, h, w) float32 log-probabilities): pydensecrf
     in-line ("inline") and in pools of each size in `pools`, and the exact CRF batched on `device`
@@ -208,7 +175,7 @@ def crf_rates(images, log_probs, scale: float, pools, device: torch.device, roun
     fns["exact"] = lambda: exact.run(*tensors, scale)
     try:
         for b in backends.values():
-            start_workers(b)
+            b.warm_up()
         times = interleaved(fns, rounds, device, warmup=1)
     finally:
         for b in backends.values():
@@ -217,11 +184,6 @@ def crf_rates(images, log_probs, scale: float, pools, device: torch.device, roun
 
 
 # ------------------------------------------------------------------------------------------- seed passes
-def seeds_batched(classifier, items: list[dict], rt: Runtime, *, batch_size: int, flip: bool) -> list:
-    """gain.seeds.extract.image_attention: every class of a batch in one attention_maps call."""
-    return [(a, c) for _, a, c in image_attention(classifier, items, rt, batch_size=batch_size, flip=flip)]
-
-
 def seeds_per_class(classifier, items: list[dict], rt: Runtime, *, batch_size: int, flip: bool) -> list:
     """The baseline: the same maps from one attention_maps call per class of each batch, each on the
     images that hold that class with single-class labels."""
