@@ -21,23 +21,10 @@ FIGURES = [  # (key, unit, what)
     ("pipeline_wall_s", "s", "default `dvc repro` from a clean copy"),
     ("noop_repro_s", "s", "no-op `dvc repro` right after"),
 ]
-DETAILS = {  # key -> what it holds (units in the key's name)
-    "step_setup": "the GAIN step's setting (benchmarks.workloads' docstring says what each variant runs)",
-    "step_ms": "median step time per variant",
-    "public_equivalence": "public vs gain_detached from the same weights (gradients relative to the largest)",
-    "memory_mib": "peak step memory above the model's own",
-    "memory_method": "how",
-    "seed_setup": "seed extraction's setting",
-    "seed_equivalence": "one attention_maps call per class vs gain.seeds.extract.image_attention",
-    "sec_setup": "the SEC step's setting (pool: crf_workers processes; exact: gain.sec.crf_exact)",
-    "sec_step_ms": "median SEC step time by training CRF",
-    "crf_setup": "the CRF cases below",
-    "pipeline_stage_s": "the pipeline by stage",
-    "pipeline_cpu_s": "its CPU time (dvc and every stage)",
-    "pipeline_loadavg": "load average at its start and end",
-    "pipeline_measured_on": "kept from that run (--skip-pipeline)",
-    "noop_reran_stages": "stages the no-op repro re-ran",
-}
+# The details under the table (units in the keys' names).
+DETAILS = ("step_setup", "step_ms", "public_equivalence", "memory_mib", "memory_method", "seed_setup",
+           "seed_equivalence", "sec_setup", "sec_step_ms", "crf_setup", "pipeline_stage_s", "pipeline_cpu_s",
+           "pipeline_loadavg", "pipeline_measured_on", "noop_reran_stages")  # fmt: skip
 
 
 def fmt(value, digits: int = 3) -> str:
@@ -86,7 +73,7 @@ def render_default(res: dict) -> list[str]:
     rows = [[f"`{k}`", res.get(k), unit, t["target"] if (t := res["targets"].get(k)) else "-",
              verdict[t["pass"]] if t else "info", what] for k, unit, what in FIGURES]  # fmt: skip
     lines += table(["figure", "value", "unit", "target", "result", "what"], rows) + ["", "### Details", ""]
-    lines += [f"- {what}, `{k}`: {fmt(res[k])}" for k, what in DETAILS.items() if res.get(k) is not None]
+    lines += [f"- `{k}`: {fmt(res[k])}" for k in DETAILS if res.get(k) is not None]
     crf, setup = res["crf_per_s"], res["crf_setup"]
     lines += [
         "",
@@ -104,12 +91,7 @@ def render_paper(res: dict) -> list[str]:
     on = f"; measured on **{res['gpu_name'] or 'the CPU'}** in {run['wall_s']:.0f} s"
     on += "" if res["gpu_measured"] else " (gpu_measured: false)"
     lines = produced(run["command"], run["machine"], on, "rerun on a quiet machine for figures to quote")
-    how = (
-        "Each step: its network FLOPs (counted; `flops`: GFLOPs of one forward pass) at the rate of the "
-        "library's VGG16 steps timed here, or at the GPU rate assumed below, plus the work on its path (CRF, "
-        "seed post-processing), beside the CPU work it needs (data: in-line it adds to the step, with loader "
-        "workers it overlaps)."
-    )
+    how = "How each step is projected from counted FLOPs (`flops`: GFLOPs of one forward pass): benchmarks/paper.py."
     lines += [how, "", f"Setting: {fmt({k: v for k, v in st.items() if k != 'paper'})}.", ""]
     hours, gpu = res["voc_stage_hours"], est["stage_hours"] if est else {}
     rows = [[k, f"{steps:,} x {n}", hours[k], gpu.get(k, "-")] for k, (steps, n, *_) in WORKLOADS.items()]

@@ -1,7 +1,4 @@
-"""Speed and memory of the pipeline's hot paths on this machine, in one run.
-
-    python -m benchmarks.run [--quick] [--paper-scale] [--device auto|cpu|cuda] [--skip-pipeline]
-                             [--threads N] [--out-dir reports]
+"""Speed and memory of the pipeline's hot paths on this machine, in one run (`--help` for the flags).
 
 The default run times params.yaml's settings (benchmarks.suite) against its targets; `--paper-scale` times
 VOC's steps at the papers' scale and projects the full run (benchmarks.paper). Both write <out-dir>/
@@ -66,20 +63,12 @@ def kept_pipeline(out_dir: Path) -> dict:
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument(
-        "--quick", action="store_true", help="few repetitions (and --paper-scale at a small size)"
-    )
-    ap.add_argument(
-        "--paper-scale", action="store_true", help="VOC at the papers' scale and the projected run"
-    )
+    ap.add_argument("--quick", action="store_true", help="few repetitions (--paper-scale: a small size)")
+    ap.add_argument("--paper-scale", action="store_true", help="VOC at the papers' scale, the run projected")
     ap.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    ap.add_argument(
-        "--skip-pipeline", action="store_true", help="do not time `dvc repro` (keep the previous run's)"
-    )
-    threads = (
-        "torch intra-op threads on the CPU (default 1: on a CPU shared with other jobs, ratios stay fair; "
-    )
-    ap.add_argument("--threads", type=int, default=1, help=threads + "0: torch's default, as the stages run)")
+    ap.add_argument("--skip-pipeline", action="store_true", help="keep the previous run's `dvc repro` times")
+    threads = "torch intra-op threads (1: fair ratios on a shared CPU; 0: torch's default, as the stages run)"
+    ap.add_argument("--threads", type=int, default=1, help=threads)
     ap.add_argument("--out-dir", type=Path, default=Path("reports"), help="where benchmarks.json/.md go")
     ap.add_argument("--memory-child", choices=("plain", "gain", "public"), help=argparse.SUPPRESS)
     ap.add_argument("--memory-steps", type=int, default=3, help=argparse.SUPPRESS)
@@ -94,14 +83,14 @@ def main(argv: list[str] | None = None) -> dict | None:
     from gain.runtime.device import seed_everything, setup_runtime
     from gain.runtime.params import load_params
 
-    if args.memory_child:
-        return suite.memory_child(args.memory_child, args.device, args.memory_steps, args.threads)
     default_threads = torch.get_num_threads()
     if args.threads:
         torch.set_num_threads(args.threads)
     params = load_params(REPO / "params.yaml")
     rt = setup_runtime(args.device)
     seed_everything(params.seed, params.deterministic)
+    if args.memory_child:
+        return suite.memory_child(params, rt, args.memory_child, args.memory_steps)
     command = ("python -m benchmarks.run " + " ".join(sys.argv[1:] if argv is None else argv)).strip()
     machine, start = machine_info(torch, rt, default_threads), time.perf_counter()
     if args.paper_scale:

@@ -1,7 +1,5 @@
-"""The benchmark sections at params.yaml's settings: GAIN step against the plain step and the public pass
-structure, peak step memory, seed extraction, the SEC step with the CRF pool and every CRF backend, the
-confusion matrix, and the default pipeline's `dvc repro`. Each returns the figures it adds to
-reports/benchmarks.json."""
+"""The benchmark sections at params.yaml's settings (`run_sections`), each returning the figures it adds to
+reports/benchmarks.json, and their targets."""
 
 from __future__ import annotations
 
@@ -26,9 +24,7 @@ from benchmarks import workloads as wl
 from benchmarks.timing import interleaved, median_ms, paired_ratio, raw_ms, status_kib, syncer
 from gain.cam.model import Classifier
 from gain.evaluation.metrics import ConfusionMatrix
-from gain.runtime.device import seed_everything, setup_runtime
 from gain.runtime.loaders import collate
-from gain.runtime.params import load_params
 from gain.sec.crf import CRFPool
 from gain.sec.crf_exact import ExactCRF
 from gain.sec.model import LargeFOV
@@ -37,11 +33,7 @@ from gain.sec.train import downscale_images, sec_step_losses
 from gain.seeds.extract import image_attention
 
 TARGETS = {  # figure -> (comparison, bound, what the bound stands for)
-    "gain_step_over_floor": (
-        "<=",
-        1.0,
-        "GAIN step within 1.1x the cost of one extra forward per labelled class",
-    ),
+    "gain_step_over_floor": ("<=", 1.0, "GAIN step within 1.1x one extra forward per labelled class"),
     "speedup_vs_public_pass_structure": (">=", 1.3, "public pass structure / ours, detached weights"),
     "pipeline_wall_s": ("<", 300.0, "default `dvc repro` from a clean copy (target set for 2 CPU cores)"),
     "noop_repro_s": ("<", 5.0, "`dvc repro` with nothing to do"),
@@ -51,7 +43,7 @@ MEMORY_METHOD = {  # by device type
     "cuda": "torch.cuda.max_memory_allocated over the steps minus memory_allocated before them (weights, "
     "gradients and momentum in the baseline)",
 }
-CRF_CASES = {"14x14x7": (None, 14, 7), "41x41x21": (15, 41, 21)}  # (images per call, grid side, classes)
+CRF_CASES = {"14x14x7": (None, 14, 7), "41x41x21": (15, 41, 21)}  # (images or None: SEC batch, side, classes)
 # Repetitions per section; rounds are interleaved rounds, each running every variant once.
 Reps = namedtuple("Reps", "warmup step_rounds seed_rounds sec_rounds crf_rounds eval_rounds memory_steps")
 FULL, QUICK = Reps(5, 40, 7, 20, 9, 15, 3), Reps(1, 3, 1, 3, 2, 3, 1)
@@ -113,17 +105,10 @@ def bench_steps(params, rt, reps: Reps) -> dict:
     }
 
 
-def memory_child(variant: str, device: str, steps: int, threads: int) -> None:
+def memory_child(params, rt, variant: str, steps: int) -> None:
     """In a fresh process: peak memory (MiB) of `steps` training steps of one variant above the memory after
-    construction; prints one JSON line. CPU: VmHWM, the kernel's high-water mark of this process's RSS
-    (ru_maxrss is inherited from the parent at exec), reset after construction and after freed heap went
-    back to the system (malloc_trim), so import-time peaks and free lists hide nothing. CUDA: the allocator's
-    statistics after one step (gradients and momentum buffers in the baseline)."""
-    if threads:
-        torch.set_num_threads(threads)
-    params = load_params(wl.REPO / "params.yaml")
-    rt = setup_runtime(device)
-    seed_everything(params.seed, params.deterministic)
+    construction (MEMORY_METHOD); prints one JSON line. On the CPU the RSS high-water mark is reset after
+    freed heap went back to the system (malloc_trim), so import-time peaks and free lists hide nothing."""
     fn = gain_steps(params, rt, gain_batch(params), names=(variant,))[variant]
     cuda = rt.device.type == "cuda"
     if cuda:
@@ -195,8 +180,7 @@ def bench_seeds(params, rt, reps: Reps) -> dict:
 
 def bench_sec(params, rt, reps: Reps) -> dict:
     """The SEC step with the CRF pool, inline and exact, interleaved; then CRFs per second of every backend
-    (pydensecrf inline, in 1 .. cores processes, the exact CRF) at the default grid (14 x 14, 6 classes +
-    background, params' SEC batch) and at SEC's 41 x 41 x 21 (15 per call), on synthetic images."""
+    (pydensecrf inline, in 1 .. cores processes, the exact CRF) in each of CRF_CASES, on synthetic images."""
     p, num_fg, workers = params.sec, params.data.synthetic.num_classes, params.runtime.crf_workers
     batch = collate(wl.synthetic_items(p.batch_size, size=p.input_size, num_fg=num_fg, seed=params.seed))
     torch.manual_seed(params.seed)
@@ -216,16 +200,14 @@ def bench_sec(params, rt, reps: Reps) -> dict:
         | {"crf_scale": scale, "classes": num_fg + 1},  # fmt: skip
         "raw_sec_ms": raw_ms(times),
     }
-    rates, setup, raw = {}, {}, {}
+    rates, setup, raw, cores = {}, {}, {}, range(1, (os.cpu_count() or 1) + 1)
     for case, (n, side, classes) in CRF_CASES.items():
         items = wl.synthetic_items(n or p.batch_size, size=p.input_size, num_fg=num_fg, seed=params.seed + 2)
-        images = downscale_images(torch.stack([it["image"] for it in items]), (side, side))
-        rng, cores = np.random.default_rng(params.seed + 2), range(1, (os.cpu_count() or 1) + 1)
-        log_probs = wl.random_log_probs(rng, (len(images), classes, side, side))
-        setup[case] = {"images": len(images), "scale": resolve(p.crf_scale, train_crf_scale, (side, side))}
-        rates[case], times = wl.crf_rates(
-            images, log_probs, setup[case]["scale"], cores, rt.device, reps.crf_rounds
-        )
+        images = downscale_images(collate(items)["image"], (side, side))
+        shape, scale = (len(images), classes, side, side), resolve(p.crf_scale, train_crf_scale, (side, side))
+        log_probs = wl.random_log_probs(np.random.default_rng(params.seed + 2), shape)
+        setup[case] = {"images": len(images), "scale": scale}
+        rates[case], times = wl.crf_rates(images, log_probs, scale, cores, rt.device, reps.crf_rounds)
         raw |= {f"{case}/{k}": v for k, v in times.items()}
     return res | {"crf_per_s": rates, "crf_setup": setup, "raw_crf_ms": raw}
 
@@ -258,15 +240,12 @@ def pipeline_copy(dest: Path) -> dict:
             shutil.copy2(wl.REPO / f, dest / f)
     (dest / ".venv").symlink_to(Path(sys.executable).parents[1], target_is_directory=True)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_", "GAIN_"))}
-    env |= {
-        "DVC_NO_ANALYTICS": "1",
-        "DVC_SITE_CACHE_DIR": str(dest / ".dvc_site_cache"),
-        "PYTHONUNBUFFERED": "1",
-    }
+    env |= {"DVC_NO_ANALYTICS": "1", "DVC_SITE_CACHE_DIR": str(dest / ".dvc_site_cache")}
+    env["PYTHONUNBUFFERED"] = "1"
     env["OMP_NUM_THREADS"] = str(os.cpu_count() or 1)  # the stages use every core, whatever this shell says
     env |= {"PATH": f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"}
-    env |= {f"GIT_{who}_NAME": "bench" for who in ("AUTHOR", "COMMITTER")}
-    env |= {f"GIT_{who}_EMAIL": "bench@example.com" for who in ("AUTHOR", "COMMITTER")}
+    for who in ("AUTHOR", "COMMITTER"):
+        env |= {f"GIT_{who}_NAME": "bench", f"GIT_{who}_EMAIL": "bench@example.com"}
     for git in (["init", "-q", "-b", "main"], ["add", "-A"], ["commit", "-qm", "benchmark copy"]):
         subprocess.run(["git", *git], cwd=dest, check=True, env=env)
     return env
