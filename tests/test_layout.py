@@ -77,6 +77,19 @@ def test_outputs_match_the_layout_and_nothing_persists(stage):
     assert not any(p.parts[0] in ("runs", "checkpoints") for p in everything)
 
 
+def test_the_stages_default_paths_are_the_layout_and_a_study_run_keeps_to_its_folder(tmp_path):
+    pipeline = layout.PIPELINE
+    assert pipeline.index == layout.INDEX and pipeline.gain_ckpt == layout.CHECKPOINTS / "gain"
+    for stage in layout.OUTPUTS:
+        assert pipeline.files(stage) == layout.stage_files(stage)
+    run = layout.run_paths(tmp_path)
+    for stage in ("gain", "seeds", "sec"):
+        assert all(tmp_path in p.parents for p in run.files(stage)), stage
+    sec_only = layout.run_paths(tmp_path / "run", tmp_path / "source")  # on another run's seeds
+    assert sec_only.gain_model == tmp_path / "source/gain.pt" and sec_only.seeds == tmp_path / "source/seeds"
+    assert all(tmp_path / "run" in p.parents for p in sec_only.files("sec"))
+
+
 def test_package_inits_hold_only_a_docstring():
     """They are left out of the import closure, so they must not hold code."""
     for init in (REPO / "gain").rglob("__init__.py"):
