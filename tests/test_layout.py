@@ -118,6 +118,26 @@ def test_stage_scripts_are_thin():
         assert len(path.read_text().splitlines()) <= 80, path.name
 
 
+# What a stage wires together, made only by its script: the study (gain/study/runner.py) and the DDP test
+# worker call the stage's run() instead of wiring these again.
+STAGE_WORK = {
+    "train_gain": "stages/gain.py",
+    "extract_seeds": "stages/seeds.py",
+    "train_sec": "stages/sec.py",
+    "write_evaluation": "stages/evaluate.py",
+}
+
+
+def test_only_its_stage_script_wires_a_stage():
+    found = []
+    for path in [*REPO.glob("gain/**/*.py"), *REPO.glob("stages/*.py"), REPO / "tests/ddp_worker.py"]:
+        name = str(path.relative_to(REPO))
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                found += [f"{name}: {a.name}" for a in node.names if STAGE_WORK.get(a.name, name) != name]
+    assert not found, "call the stage's run() (stages/<name>.py) instead:\n" + "\n".join(found)
+
+
 def test_library_has_a_wing_per_stage():
     wings = {p.name for p in (REPO / "gain").iterdir() if p.is_dir() and (p / "__init__.py").is_file()}
     assert {"data", "cam", "seeds", "sec", "evaluation", "report", "runtime", "models"} <= wings
