@@ -146,6 +146,11 @@ def test_ddp_two_cpu_ranks_identical_weights_and_rank1_logs_nothing(tmp_path):
     w0 = torch.load(out / "rank0.pt", weights_only=True)
     w1 = torch.load(out / "rank1.pt", weights_only=True)
     assert all(torch.equal(w0[k], w1[k]) for k in w0)
+    # The worker trains through the gain stage's run() (stages/gain.py): rank 0 shipped its weights as the
+    # stage's model file, beside the stage's reports.
+    shipped = torch.load(repo / "models/gain/model.pt", weights_only=True)["model"]
+    assert shipped.keys() == w0.keys() and all(torch.equal(shipped[k], w0[k]) for k in w0)
+    assert (repo / "reports/gain/metrics.json").is_file()
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(f"sqlite:///{repo / 'mlflow.db'}")

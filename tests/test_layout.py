@@ -79,6 +79,19 @@ def test_outputs_match_the_layout_and_nothing_persists(stage):
     assert not any(p.parts[0] in ("runs", "checkpoints") for p in everything)
 
 
+def test_the_stages_default_paths_are_the_layout_and_a_study_run_keeps_to_its_folder(tmp_path):
+    pipeline = layout.PIPELINE
+    assert pipeline.index == layout.INDEX and pipeline.gain_ckpt == layout.CHECKPOINTS / "gain"
+    for stage in layout.OUTPUTS:
+        assert pipeline.files(stage) == layout.stage_files(stage)
+    run = layout.run_paths(tmp_path)
+    for stage in ("gain", "seeds", "sec"):
+        assert all(tmp_path in p.parents for p in run.files(stage)), stage
+    sec_only = layout.run_paths(tmp_path / "run", tmp_path / "source")  # on another run's seeds
+    assert sec_only.gain_model == tmp_path / "source/gain.pt" and sec_only.seeds == tmp_path / "source/seeds"
+    assert all(tmp_path / "run" in p.parents for p in sec_only.files("sec"))
+
+
 def test_package_inits_hold_only_a_docstring():
     """They are left out of the import closure, so they must not hold code."""
     for init in (REPO / "gain").rglob("__init__.py"):
@@ -105,6 +118,26 @@ def test_every_module_opens_with_a_docstring():
 def test_stage_scripts_are_thin():
     for path in (REPO / "stages").glob("*.py"):
         assert len(path.read_text().splitlines()) <= 80, path.name
+
+
+# What a stage wires together, made only by its script: the study (gain/study/runner.py) and the DDP test
+# worker call the stage's run() instead of wiring these again.
+STAGE_WORK = {
+    "train_gain": "stages/gain.py",
+    "extract_seeds": "stages/seeds.py",
+    "train_sec": "stages/sec.py",
+    "write_evaluation": "stages/evaluate.py",
+}
+
+
+def test_only_its_stage_script_wires_a_stage():
+    found = []
+    for path in [*REPO.glob("gain/**/*.py"), *REPO.glob("stages/*.py"), REPO / "tests/ddp_worker.py"]:
+        name = str(path.relative_to(REPO))
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                found += [f"{name}: {a.name}" for a in node.names if STAGE_WORK.get(a.name, name) != name]
+    assert not found, "call the stage's run() (stages/<name>.py) instead:\n" + "\n".join(found)
 
 
 def test_library_has_a_wing_per_stage():

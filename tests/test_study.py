@@ -11,10 +11,26 @@ import numpy as np
 import pytest
 import torch
 
+import stages.gain
+import stages.sec
+import stages.seeds
 from gain.data.dataset import DatasetIndex
+from gain.runtime.device import CPU
+from gain.runtime.layout import run_paths
+from gain.runtime.params import read_yaml
+from gain.runtime.tracking import NullRun
 from gain.study.__main__ import main, merge_heldout
 from gain.study.diagnostics import rolled
-from gain.study.runner import ABLATIONS, METRICS, aggregate, heldout_index, set_dotted
+from gain.study.runner import (
+    ABLATIONS,
+    METRICS,
+    STUDY_RUNTIME,
+    Job,
+    aggregate,
+    heldout_index,
+    run_job,
+    set_dotted,
+)
 
 SEEDS = [0, 1]
 METHODS = ["gradcam", "gain"]
@@ -154,6 +170,43 @@ def test_heldout_index_scores_on_training_ids_only():
     assert not set(held.splits["pixel"]) & set(held.splits["val"])
     assert held.splits["seed_eval"] == held.splits["weak_train"]
     assert heldout_index(index, 0.2, seed=0).splits == held.splits
+
+
+class Reached(Exception):
+    """Raised by a stand-in stage run(): the runner got there."""
+
+
+def test_every_run_trains_through_the_stages_run(tmp_path, monkeypatch):
+    """A study run is the stages' own run() (stages/gain.py, seeds.py, sec.py) on the run's folder, on the
+    CPU, without MLflow: a runner that wired the library calls by hand again would never reach them."""
+    calls = []
+
+    def stand_in(stage: str):
+        def run(params, index, *, paths, rt, tracker, **options):
+            calls.append((stage, paths, rt, tracker, options))
+            raise Reached(stage)
+
+        return run
+
+    for module in (stages.gain, stages.seeds, stages.sec):
+        monkeypatch.setattr(module, "run", stand_in(module.__name__.split(".")[-1]))
+    ids = [f"t{i}" for i in range(4)]
+    index_path = tmp_path / "index.json"
+    DatasetIndex(root=tmp_path, source="synthetic", classes=("background", "a"),
+                 splits={"weak_train": ids, "seed_eval": ids, "val": ids}, labels={i: [1] for i in ids}
+                 ).save(index_path)  # fmt: skip
+    raw = set_dotted(read_yaml(Path(__file__).parents[1] / "params.yaml"), STUDY_RUNTIME)
+    source = tmp_path / "source"
+    for stage in ("gain", "seeds", "sec"):
+        job = Job(stage, "methods", "gain", 0, raw, str(index_path), str(tmp_path / stage), (stage,),
+                  source=str(source) if stage == "sec" else "", diagnose=True)  # fmt: skip
+        with pytest.raises(Reached, match=stage):
+            run_job(job)
+    assert [c[0] for c in calls] == ["gain", "seeds", "sec"]
+    want = [run_paths(tmp_path / "gain"), run_paths(tmp_path / "seeds"), run_paths(tmp_path / "sec", source)]
+    assert [c[1] for c in calls] == want
+    assert all(c[2] == CPU and type(c[3]) is NullRun for c in calls)
+    assert callable(calls[0][4]["extra_eval"])  # the per-epoch diagnostics
 
 
 def _heldout_run(key: str, seed: int, miou: float) -> dict:

@@ -1,5 +1,6 @@
 """The method study: GAIN -> seeds -> SEC -> scores for Grad-CAM, GAIN and GAIN_ext over seeds, and SEC's loss
-ablation, each run in-process through the library functions the stages call, runs in parallel processes."""
+ablation, each run in-process through the stages' run() (stages/gain.py, seeds.py, sec.py) on its own folder
+(gain.runtime.layout.run_paths), on the CPU and without MLflow; runs in parallel processes."""
 
 from __future__ import annotations
 
@@ -17,9 +18,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from gain.cam.evaluate import bias_accuracy, part_hidden_recall
+import stages.gain
+import stages.sec
+import stages.seeds
+from gain.cam.evaluate import part_hidden_recall
 from gain.cam.model import load_classifier
-from gain.cam.train import train_gain
 from gain.data.dataset import DatasetIndex, VOCDataset
 from gain.data.heldout import carve_heldout
 from gain.data.prepare import prepare_dataset
@@ -28,14 +31,13 @@ from gain.report.evaluation import attention_crf_reference
 from gain.runtime.codebase import code_fingerprint
 from gain.runtime.device import CPU, seed_everything
 from gain.runtime.io import write_json
+from gain.runtime.layout import StagePaths, run_paths
 from gain.runtime.params import Params, params_hash, parse_params
-from gain.runtime.stage import save_model
 from gain.runtime.tracking import NullRun
 from gain.sec.crf import CRFPool
 from gain.sec.evaluate import evaluate_segmenter
 from gain.sec.model import load_segmenter
-from gain.sec.train import train_sec
-from gain.seeds.extract import extract_seeds, image_cues
+from gain.seeds.extract import image_cues
 from gain.seeds.quality import SeedQuality
 from gain.study.diagnostics import attention_ceiling, attention_diagnostics
 
@@ -191,64 +193,45 @@ def score_seeds(classifier, dataset: VOCDataset, params: Params) -> dict:
 
 
 def run_gain_stages(
-    params: Params, index: DatasetIndex, run_dir: Path, *, diagnose: bool, heldout: bool = False
+    params: Params, index: DatasetIndex, paths: StagePaths, *, diagnose: bool, heldout: bool = False
 ) -> dict:
-    """GAIN training and its scores on index's val role: mAP, attention mIoU and coverage of the last epoch,
-    Table 4's bias accuracies and the part_hidden recall (not for a `heldout` run, which must score no
-    reported split), and (diagnose) per-epoch diagnostics in `history`; the model is run_dir/gain.pt."""
-    knobs, p = params.runtime, params.gain
+    """The gain stage's run() (stages/gain.py) and the study's scores on index's val role: mAP, attention
+    mIoU and coverage of the last epoch, Table 4's bias accuracies and the part_hidden recall (not for a
+    `heldout` run, which must score no reported split), and (diagnose) per-epoch diagnostics in `history`;
+    the model is paths.gain_model (run_dir/gain.pt)."""
     extra: Callable | None = None
-    diag_set = VOCDataset(index, index.splits["val"], eval_preset(p.input_size))
+    diag_set = VOCDataset(index, index.splits["val"], eval_preset(params.gain.input_size))
     if diagnose:
 
         def extra(gain) -> dict:
             return {DIAG_PREFIX + k: v for k, v in attention_diagnostics(gain, diag_set, CPU).items()}
 
-    result, model = train_gain(
-        p,
-        index,
-        CPU,
-        NullRun(),
-        seed=params.seed,
-        knobs=knobs,
-        ckpt_dir=run_dir / "ckpt_gain",
-        fingerprint=run_dir.name,
-        extra_eval=extra,
-    )
-    save_model(run_dir / "gain.pt", result)
+    metrics = stages.gain.run(params, index, paths=paths, rt=CPU, tracker=NullRun(), extra_eval=extra)
+    classifier, gain_p = load_classifier(paths.gain_model)
     out = {
-        "attention_miou": result.chosen["attn_miou"],
-        "map": result.chosen["map"],
-        **{k: v for k, v in result.chosen.items() if k.startswith(DIAG_PREFIX) or k in COVERAGE},
+        "attention_miou": metrics["attn_miou"],
+        "map": metrics["map"],
+        **{k: v for k, v in metrics.items() if k.startswith(DIAG_PREFIX) or k in COVERAGE},
     }
-    if index.bias_class is not None and not heldout:  # the Table 4 and part_hidden splits are reported ones
-        out |= bias_accuracy(model.classifier, index, index.bias_class, CPU, input_size=p.input_size)
-    if not heldout:
-        out |= part_hidden_recall(model.classifier, index, CPU, input_size=p.input_size)
+    if not heldout:  # the Table 4 and part_hidden splits are reported ones
+        out |= {k: v for k, v in metrics.items() if k.startswith("bias_")}
+        out |= part_hidden_recall(classifier, index, CPU, input_size=gain_p["input_size"])
     if diagnose:
         with torch.no_grad():
-            grid = tuple(model.classifier.features(diag_set[0]["image"][None]).shape[-2:])
+            grid = tuple(classifier.features(diag_set[0]["image"][None]).shape[-2:])
         out["attention_ceiling"] = attention_ceiling(diag_set, grid)
     keep = ("epoch", "attn_miou", "map", *COVERAGE)
     out["history"] = [
-        {k: v for k, v in h.items() if k in keep or k.startswith(DIAG_PREFIX)} for h in result.history
+        {k: v for k, v in h.items() if k in keep or k.startswith(DIAG_PREFIX)} for h in metrics["history"]
     ]
     return out
 
 
-def run_seed_stage(params: Params, index: DatasetIndex, run_dir: Path) -> dict:
-    """Seeds for every weak training image (run_dir/seeds, what SEC trains on) and their quality on val."""
-    classifier, gain_p = load_classifier(run_dir / "gain.pt")
-    extract_seeds(
-        classifier,
-        index,
-        params.seeds,
-        CPU,
-        run_dir / "seeds",
-        input_size=gain_p["input_size"],
-        batch_size=params.runtime.seeds_batch_size,
-        n_vis=0,
-    )
+def run_seed_stage(params: Params, index: DatasetIndex, paths: StagePaths) -> dict:
+    """The seeds stage's run() (paths.seeds: what SEC trains on) and the seeds' quality on index's val role
+    (score_seeds), with the CRF on their attention alone (the attention_crf_miou reference)."""
+    stages.seeds.run(params, index, paths=paths, rt=CPU, tracker=NullRun())
+    classifier, gain_p = load_classifier(paths.gain_model)
     val = VOCDataset(index, index.splits["val"], eval_preset(gain_p["input_size"]), keep_original=True)
     out = score_seeds(classifier, val, params)
     out |= attention_crf_reference(
@@ -257,20 +240,11 @@ def run_seed_stage(params: Params, index: DatasetIndex, run_dir: Path) -> dict:
     return out
 
 
-def run_sec_stage(params: Params, index: DatasetIndex, run_dir: Path, source: Path) -> dict:
-    """SEC on source/seeds (initialised from source/gain.pt), scored on val without and with the CRF."""
-    result, model = train_sec(
-        params.sec,
-        index,
-        CPU,
-        NullRun(),
-        seed=params.seed,
-        knobs=params.runtime,
-        seeds_dir=source / "seeds",
-        gain_model=source / "gain.pt",
-        ckpt_dir=run_dir / "ckpt_sec",
-        fingerprint=run_dir.name,
-    )
+def run_sec_stage(params: Params, index: DatasetIndex, paths: StagePaths) -> dict:
+    """The sec stage's run() (on paths.seeds, initialised from paths.gain_model; the model is
+    paths.sec_model), scored on index's val role without and with the CRF."""
+    stages.sec.run(params, index, paths=paths, rt=CPU, tracker=NullRun())
+    model, _ = load_segmenter(paths.sec_model)
     val = VOCDataset(index, index.splits["val"], eval_preset(params.sec.input_size), keep_original=True)
     with CRFPool(params.runtime.crf_workers) as pool:
         scores = evaluate_segmenter(model, val, CPU, crf_pool=pool, crf_scale=params.evaluate.crf_scale)
@@ -290,7 +264,7 @@ def backfill(result: dict, job: Job) -> dict:
     checkpoint (run_dir/ckpt_sec/last.pt, the last step's weights) without retraining."""
     if "sec" not in job.stages or "sec_min_class_precision" in result["metrics"]:
         return result
-    model, p = load_segmenter(Path(job.run_dir) / "ckpt_sec" / "last.pt")
+    model, p = load_segmenter(run_paths(Path(job.run_dir)).sec_ckpt / "last.pt")
     index = DatasetIndex.load(job.index_path)
     if job.holdout:
         index = heldout_index(index, job.holdout, job.data_seed)
@@ -314,16 +288,17 @@ def run_job(job: Job) -> dict:
     run_dir.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     out: dict = {}
+    paths = run_paths(run_dir, Path(job.source) if job.source else None)
     # Each stage seeds itself, as `dvc repro` runs them (training_stage).
     if "gain" in job.stages:
         seed_everything(params.seed, params.deterministic)
-        out |= run_gain_stages(params, index, run_dir, diagnose=job.diagnose, heldout=bool(job.holdout))
+        out |= run_gain_stages(params, index, paths, diagnose=job.diagnose, heldout=bool(job.holdout))
     if "seeds" in job.stages:
         seed_everything(params.seed, params.deterministic)
-        out |= run_seed_stage(params, index, run_dir)
+        out |= run_seed_stage(params, index, paths)
     if "sec" in job.stages:
         seed_everything(params.seed, params.deterministic)
-        out |= run_sec_stage(params, index, run_dir, Path(job.source) if job.source else run_dir)
+        out |= run_sec_stage(params, index, paths)
     result = {
         "name": job.name,
         "group": job.group,
