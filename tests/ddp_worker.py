@@ -1,4 +1,4 @@
-"""Launched by torchrun in tests/test_engine.py: the gain stage's run() (stages/gain.py) on 2 CPU ranks (gloo),
+"""Launched by torchrun in tests/runtime/test_engine.py: the gain stage's run() (stages/gain.py) on 2 CPU ranks (gloo),
 then each rank saves the weights it trained so the test can compare them."""
 
 import sys

@@ -67,13 +67,15 @@ _F32_MARGINALS = (
     "pydensecrf's inference returns float32 marginals: np.array keeps that dtype without being told"
 )
 # Mutants that make a tensor on the default device instead of the input's: the same on the CPU, so they
-# survived while every test ran there; tests/test_device.py runs the steps with the default device set to
+# survived while every test ran there; tests/runtime/test_device.py runs the steps with the default device set to
 # meta, where such a tensor meets the CPU tensors and raises. Mutant -> the tests that kill it.
 _GAIN_AND_SEEDS = (
-    "tests/test_device.py::test_gain_step_makes_no_tensor_off_the_network_device (3 cases) and "
+    "tests/runtime/test_device.py::test_gain_step_makes_no_tensor_off_the_network_device (3 cases) and "
     "::test_seed_attention_and_saliency_make_no_tensor_off_the_network_device (2 cases)"
 )
-_SEC_STEP = "tests/test_device.py::test_sec_step_with_the_exact_crf_makes_no_tensor_off_the_network_device"
+_SEC_STEP = (
+    "tests/runtime/test_device.py::test_sec_step_with_the_exact_crf_makes_no_tensor_off_the_network_device"
+)
 DEVICE_KILLED: dict[str, str] = {
     "gain.cam.attention.x_grad_cam__mutmut_16": _GAIN_AND_SEEDS,
     "gain.cam.attention.x_grad_cam__mutmut_18": _GAIN_AND_SEEDS,
@@ -186,30 +188,30 @@ EQUIVALENT: dict[str, str] = {
 PLANTED: list[tuple[str, str]] = [
     (
         "d_fg and d_bg swapped at sec_loss's call of expansion_loss (gain/sec/losses.py)",
-        "tests/test_steps.py::test_sec_step_sends_d_fg_to_present_classes_and_d_bg_to_background",
+        "tests/cam/test_steps.py::test_sec_step_sends_d_fg_to_present_classes_and_d_bg_to_background",
     ),
     (
         "d_fg and d_bg swapped at the SEC step's call of sec_loss (gain/sec/train.py)",
-        "tests/test_steps.py::test_sec_step_sends_d_fg_to_present_classes_and_d_bg_to_background",
+        "tests/cam/test_steps.py::test_sec_step_sends_d_fg_to_present_classes_and_d_bg_to_background",
     ),
     (
         "alpha ignored in the GAIN step (L_am weighted 1 whatever alpha; gain/cam/train.py)",
-        "tests/test_steps.py::test_gain_step_total_is_l_cl_plus_alpha_l_am",
+        "tests/cam/test_steps.py::test_gain_step_total_is_l_cl_plus_alpha_l_am",
     ),
     (
         "L_am on the wrong class (the next class's masked logit; gain/cam/losses.py)",
-        "tests/test_losses.py::test_attention_mining_loss_uses_each_pairs_own_class (also "
+        "tests/cam/test_losses.py::test_attention_mining_loss_uses_each_pairs_own_class (also "
         "test_attention_mining_loss_repeated_class_and_gradient, test_gain_loss_self_total, "
-        "tests/test_steps.py::test_gain_step_l_am_scores_each_class_on_its_own_erased_image)",
+        "tests/cam/test_steps.py::test_gain_step_l_am_scores_each_class_on_its_own_erased_image)",
     ),
     (
         "Grad-CAM weights summed over the cells instead of averaged (gain/cam/attention.py)",
-        "tests/test_measures.py::test_grad_cam_weights_are_averaged_over_the_cells (also the four closed-form "
-        "and finite-difference Grad-CAM tests of tests/test_attention.py)",
+        "tests/evaluation/test_measures.py::test_grad_cam_weights_are_averaged_over_the_cells (also the four closed-form "
+        "and finite-difference Grad-CAM tests of tests/cam/test_attention.py)",
     ),
     (
         "flipped soft mask: erasing 1 - T(A) instead of T(A) (gain/cam/model.py)",
-        "tests/test_attention.py::test_erase_mean_is_i_minus_t_times_i (also "
+        "tests/cam/test_attention.py::test_erase_mean_is_i_minus_t_times_i (also "
         "test_erase_black_makes_attended_pixels_black)",
     ),
 ]
@@ -311,9 +313,9 @@ def render(mutants_dir: Path) -> str:
             "",
             "## Planted bugs and the fast test that catches each",
             "",
-            "Each bug planted in a copy of the tree, where tests/test_attention.py, test_losses.py, test_steps.py, "
+            "Each bug planted in a copy of the tree, where tests/cam/test_attention.py, test_losses.py, test_steps.py, "
             "test_sec_losses.py, test_measures.py and test_models.py were run: the tests named are the ones that "
-            "failed. The slow tests/test_quality.py also fails with the wrong-class L_am, the ignored alpha and "
+            "failed. The slow tests/study/test_quality.py also fails with the wrong-class L_am, the ignored alpha and "
             "the flipped mask (margins in its docstring).",
             "",
             "| bug | test |",
@@ -330,9 +332,9 @@ def device_section() -> list[str]:
         "## Mutants that only fail on a GPU, killed without one",
         "",
         "Each makes a tensor on the default device instead of its input's. On the CPU that is the same device, "
-        "so they survived while every test ran there; tests/test_device.py runs the steps with PyTorch's default "
+        "so they survived while every test ran there; tests/runtime/test_device.py runs the steps with PyTorch's default "
         "device set to `meta`, where such a tensor meets the CPU tensors and raises. Re-run by name "
-        "(`mutmut run <names>`) with tests/test_device.py in the selection: all killed (the table above counts them so; no other mutant was re-run). "
+        "(`mutmut run <names>`) with tests/runtime/test_device.py in the selection: all killed (the table above counts them so; no other mutant was re-run). "
         "`x_gwrp__mutmut_33`/`_36` build the 0-dim base `d` off-device; CUDA would accept a 0-dim CPU tensor there "
         "as a scalar (a host-to-device copy each call), the meta check does not.",
         "",

@@ -42,7 +42,7 @@ TINY = {
 }
 
 
-# The README's ablation lines: tests/test_pipeline.py runs them as printed in a shell without the venv on
+# The README's ablation lines: tests/pipeline/test_pipeline.py runs them as printed in a shell without the venv on
 # PATH, tests/test_readme.py checks that README.md shows them.
 README_EXPERIMENT = [
     ".venv/bin/dvc exp run --temp -n gradcam -S gain.alpha=0",

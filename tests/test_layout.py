@@ -265,3 +265,13 @@ def long_functions(root: Path, limit: int) -> list[str]:
 def test_no_library_function_runs_over_80_lines():
     assert not long_functions(REPO / "gain", 80)
     assert long_functions(REPO / "gain", 60)  # the check sees functions (some are between 60 and 80)
+
+
+def test_tests_mirror_the_library_wings():
+    """tests/<wing>/ for every package of gain/, plus the end-to-end pipeline, the drivers (predict, ui) and
+    the benchmarks; only the repo-wide checks (this file, the README's) sit at the top."""
+    wings = {p.name for p in (REPO / "gain").iterdir() if (p / "__init__.py").is_file()}
+    folders = {p.parent.name for p in (REPO / "tests").glob("*/test_*.py")}
+    assert wings <= folders, f"no tests/<wing>/ for {sorted(wings - folders)}"
+    assert folders - wings <= {"pipeline", "drivers", "benchmarks"}, sorted(folders - wings)
+    assert {p.name for p in (REPO / "tests").glob("test_*.py")} == {"test_layout.py", "test_readme.py"}

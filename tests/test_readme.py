@@ -1,4 +1,4 @@
-"""README.md shows the experiment commands that tests/test_pipeline.py runs as printed (in a shell without the
+"""README.md shows the experiment commands that tests/pipeline/test_pipeline.py runs as printed (in a shell without the
 venv on PATH), so a reader can paste them, and quotes no result that a committed report does not hold."""
 
 from __future__ import annotations
@@ -20,9 +20,9 @@ def test_readme_prints_the_tested_experiment_lines():
 
 def _committed_numbers() -> set[str]:
     """Every number in the git-tracked reports (JSON floats rounded to 2 and 3 decimals; numbers as written
-    in the Markdown), and in the tests' docstrings that measure the set (tests/test_coverage.py)."""
+    in the Markdown), and in the tests' docstrings that measure the set (tests/cam/test_coverage.py)."""
     files = subprocess.run(
-        ["git", "ls-files", "reports", "tests/test_coverage.py"], cwd=REPO, capture_output=True, text=True
+        ["git", "ls-files", "reports", "tests/cam/test_coverage.py"], cwd=REPO, capture_output=True, text=True
     ).stdout.split()
     found: set[str] = set()
 

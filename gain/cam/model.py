@@ -105,7 +105,7 @@ class GAIN(nn.Module):
     on normalised input); "black": they become black in RGB. am_grad "all": L_am trains every weight through
     both streams (Eq. 6 read literally); "mask": S_am's forward uses detached weights, so L_am changes the
     network only through the attention map T(A) and cannot teach the classifier to score masked images low.
-    The keyword defaults are params.yaml's `gain` values (tests/test_defaults.py keeps them equal); the
+    The keyword defaults are params.yaml's `gain` values (tests/runtime/test_defaults.py keeps them equal); the
     pipeline passes them all (build_gain).
     """
 

@@ -91,7 +91,7 @@ def dense_crf(
     bilateral_compat * k(p_i - p_j; bilateral_sxy / scale) * k(I_i - I_j; bilateral_srgb), k a Gaussian with
     that std, normalised symmetrically (pydensecrf's default). Each iteration:
     Q <- softmax(-U + sum_m w_m K_m Q), where the kernel sum runs over all j including i itself. The kernels are evaluated on a permutohedral
-    lattice, an approximation of the exact Gaussians (see tests/test_crf.py for how close).
+    lattice, an approximation of the exact Gaussians (see tests/sec/test_crf.py for how close).
     """
     _check_pair(image, log_probs)
     _check_scale(scale)

@@ -82,6 +82,16 @@ def image_cues(classifier, dataset: VOCDataset, p: SeedsParams, rt: Runtime, *, 
         yield item, cues, attn, classes
 
 
+def score_cues(classifier, dataset: VOCDataset, p: SeedsParams, rt: Runtime, *, batch_size: int) -> dict:
+    """seed_quality of the cues `p` makes from `classifier` on `dataset` (keep_original=True), over its
+    images with masks: how the study scores seeds on val (the stage scores them while it writes them)."""
+    cm = ConfusionMatrix(dataset.index.num_classes)
+    for item, cues, _, _ in image_cues(classifier, dataset, p, rt, batch_size=batch_size):
+        if item["has_mask"]:
+            cm.update(item["orig_mask"], cues)
+    return seed_quality(cm)
+
+
 def extract_seeds(
     classifier,
     index: DatasetIndex,

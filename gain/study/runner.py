@@ -37,8 +37,7 @@ from gain.runtime.tracking import NullRun
 from gain.sec.crf import CRFPool
 from gain.sec.evaluate import evaluate_segmenter
 from gain.sec.model import load_segmenter
-from gain.seeds.extract import image_cues
-from gain.seeds.quality import SeedQuality
+from gain.seeds.extract import score_cues
 from gain.study.diagnostics import attention_ceiling, attention_diagnostics
 
 METHODS: dict[str, dict] = {
@@ -177,13 +176,7 @@ def job_dir(
 def score_seeds(classifier, dataset: VOCDataset, params: Params) -> dict:
     """Seed quality (precision, recall, labeled fraction, mIoU) of the cues made by `params.seeds` from
     `classifier` on `dataset` (keep_original=True, images with masks)."""
-    quality = SeedQuality(dataset.index.num_classes)
-    for item, cues, _, _ in image_cues(
-        classifier, dataset, params.seeds, CPU, batch_size=params.runtime.seeds_batch_size
-    ):
-        if item["has_mask"]:
-            quality.update(cues, item["orig_mask"])
-    q = quality.compute()
+    q = score_cues(classifier, dataset, params.seeds, CPU, batch_size=params.runtime.seeds_batch_size)
     return {
         "seed_precision": q["precision"],
         "seed_recall": q["recall"],

@@ -23,7 +23,7 @@ from gain.runtime.stage import save_model
 from gain.runtime.tracking import NullRun
 from tests.tensor_utils import record_dataset_ids, single_thread  # noqa: F401 (autouse fixture)
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SHIPPED = load_params(REPO / "params.yaml")
 
 

@@ -32,7 +32,7 @@ from gain.runtime.store import EXPERIMENT_KIND, TrackingError, reap_dead_runs
 from gain.runtime.tracking import NullRun, StageRun, record_pipeline, stage_run
 from tests.pipeline_utils import deep_update
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")

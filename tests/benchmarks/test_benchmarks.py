@@ -18,7 +18,7 @@ import pytest
 from benchmarks.paper import LABEL_PATTERN, PAPER, WORKLOADS, exact_crf_gflops, here, project
 from gain.runtime.loaders import AUTO_WORKERS, MAX_AUTO_WORKERS, loader_workers
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 FIGURES = [
     "gain_step_over_plain",
     "gain_step_over_floor",

@@ -27,7 +27,7 @@ from gain.runtime.errors import InputError
 from gain.runtime.params import load_params
 from gain.sec.model import LargeFOV, build_sec, load_segmenter
 
-SEC = load_params(Path(__file__).resolve().parents[1] / "params.yaml").sec
+SEC = load_params(Path(__file__).resolve().parents[2] / "params.yaml").sec
 CLASSES = ["background", "a", "b", "c"]
 SMALL = {"name": "small", "dilated": False, "out_channels": 128, "stride": 8, "align_corners": False}
 

@@ -1,5 +1,5 @@
-"""gain/sec/crf_exact.py: the exact batched CRF against the O(N^2) float64 reference of tests/test_crf.py (to
-float tolerance) and against pydensecrf's lattice (within the gap tests/test_crf.py measures), chunking,
+"""gain/sec/crf_exact.py: the exact batched CRF against the O(N^2) float64 reference of tests/sec/test_crf.py (to
+float tolerance) and against pydensecrf's lattice (within the gap tests/sec/test_crf.py measures), chunking,
 autocast, the backend choice and its input checks."""
 
 import re
@@ -11,7 +11,7 @@ import torch
 from gain.sec import crf_exact
 from gain.sec.crf import CRFParams, CRFPool, dense_crf
 from gain.sec.crf_exact import ExactCRF, exact_dense_crf, train_crf_backend, training_crf
-from tests.test_crf import MEANFIELD_ATOL, _regions_case, exact_meanfield, small_object_case
+from tests.sec.test_crf import MEANFIELD_ATOL, _regions_case, exact_meanfield, small_object_case
 
 # float32 kernels and messages against the float64 reference: over 50 seeds of `_regions_case` at scales 1 and
 # 12 the largest |dQ| was 1.2e-7 with compat 1 and 2.2e-6 with SEC's compat 10 (messages up to ~13 nats).
@@ -39,7 +39,7 @@ def test_exact_equals_the_reference_meanfield(scale, params):
 
 
 def test_exact_is_not_the_reference_without_the_self_term():
-    # The reference's j != i variant differs by > 0.19 at scale 12 (tests/test_crf.py): exactness is telling.
+    # The reference's j != i variant differs by > 0.19 at scale 12 (tests/sec/test_crf.py): exactness is telling.
     images, log_probs = _stack([0])
     q = exact_dense_crf(images, log_probs, scale=12.0, params=WEAK)[0].numpy()
     ref = exact_meanfield(images[0].numpy(), log_probs[0].numpy(), scale=12.0, params=WEAK, iterations=10,
@@ -49,7 +49,7 @@ def test_exact_is_not_the_reference_without_the_self_term():
 
 @pytest.mark.parametrize("scale", [1.0, 12.0])
 def test_exact_and_lattice_agree_within_the_lattice_gap(scale):
-    # The gap tests/test_crf.py measures for the lattice against the exact mean-field: |dQ| <= 0.05 with
+    # The gap tests/sec/test_crf.py measures for the lattice against the exact mean-field: |dQ| <= 0.05 with
     # compat 1, and >= 90% argmax agreement on average at SEC's compat 10. Exact vs lattice over 50 seeds:
     # largest |dQ| 0.015 (scale 1) and 0.029 (scale 12) with compat 1; at SEC's settings mean argmax
     # agreement 94% (scale 1) and 99% (scale 12), the worst image 29% (mean-field flips near ties).

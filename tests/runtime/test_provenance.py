@@ -14,7 +14,7 @@ from gain.runtime.params import load_params, parse_params, read_yaml
 from gain.runtime.provenance import dvc_command, param_overrides, repo_root
 from tests.pipeline_utils import deep_update
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")

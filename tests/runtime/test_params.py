@@ -22,7 +22,7 @@ from gain.runtime.params import (
 )
 from tests.pipeline_utils import deep_update
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 PARAMS_YAML = REPO / "params.yaml"
 
 

@@ -195,7 +195,7 @@ def test_every_run_trains_through_the_stages_run(tmp_path, monkeypatch):
     DatasetIndex(root=tmp_path, source="synthetic", classes=("background", "a"),
                  splits={"weak_train": ids, "seed_eval": ids, "val": ids}, labels={i: [1] for i in ids}
                  ).save(index_path)  # fmt: skip
-    raw = set_dotted(read_yaml(Path(__file__).parents[1] / "params.yaml"), STUDY_RUNTIME)
+    raw = set_dotted(read_yaml(Path(__file__).parents[2] / "params.yaml"), STUDY_RUNTIME)
     source = tmp_path / "source"
     for stage in ("gain", "seeds", "sec"):
         job = Job(stage, "methods", "gain", 0, raw, str(index_path), str(tmp_path / stage), (stage,),

@@ -37,7 +37,7 @@ from gain.sec.train import (
 )
 from tests.tensor_utils import record_dataset_ids, single_thread  # noqa: F401 (autouse fixture)
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SHIPPED = load_params(REPO / "params.yaml")
 
 

@@ -20,9 +20,9 @@ from gain.runtime.params import load_params
 from gain.runtime.store import EXPERIMENT_KIND
 from gain.runtime.tracking import stage_run
 from gain.ui import runs_page
-from tests.test_tracking import free_port
+from tests.runtime.test_tracking import free_port
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def get(url: str, data: dict | None = None) -> bytes:

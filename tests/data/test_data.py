@@ -34,10 +34,10 @@ from gain.runtime.io import read_label_png, read_rgb, save_palette_png
 from gain.runtime.loaders import collate
 
 HERE = Path(__file__).resolve().parent
-REPO = HERE.parent
-SAMPLE = HERE / "data" / "VOCdevkit" / "VOC2012"
+REPO = HERE.parents[1]
+SAMPLE = HERE / "VOCdevkit" / "VOC2012"
 IDS = sorted(p.stem for p in (SAMPLE / "JPEGImages").glob("*.jpg"))
-OFFICIAL = json.loads((HERE / "data" / "cls_labels_sample.json").read_text())
+OFFICIAL = json.loads((HERE / "cls_labels_sample.json").read_text())
 CLS_LABELS_NPY = [
     Path("/work/shared/voc12/cls_labels.npy"),
     REPO.parent / "shared" / "voc12" / "cls_labels.npy",

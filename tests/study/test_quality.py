@@ -44,7 +44,7 @@ from gain.sec.train import train_sec
 from gain.seeds.extract import image_cues
 
 pytestmark = pytest.mark.e2e
-SHIPPED = load_params(Path(__file__).resolve().parents[1] / "params.yaml")
+SHIPPED = load_params(Path(__file__).resolve().parents[2] / "params.yaml")
 SEED = 0
 SIZE = 64
 DATA = replace(SHIPPED.data.synthetic, image_size=SIZE, n_train=64, n_val=16, n_bias_eval=1)

@@ -15,7 +15,7 @@ import pytest
 
 from gain.data.download import VOC_TAR_NAME, DownloadError, download_first, fetch, prepare_voc, safe_extract
 
-SAMPLE_VOC = Path(__file__).parent / "data" / "VOCdevkit" / "VOC2012"
+SAMPLE_VOC = Path(__file__).parent / "VOCdevkit" / "VOC2012"
 IDS = sorted(p.stem for p in (SAMPLE_VOC / "JPEGImages").glob("*.jpg"))
 FAST = dict(chunk_size=4096, timeout=5.0, progress=False)
 
