@@ -11,7 +11,9 @@ a GPU the same function projects an ASSUMED GPU from them. `bash benchmarks/gpu_
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import io
 import math
 import os
 import statistics
@@ -25,18 +27,22 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from benchmarks import workloads as wl
 from benchmarks.timing import interleaved, median_s, raw_ms
-from gain.cam.model import Classifier, build_gain
+from gain.cam.model import Classifier, build_gain, gain_record, load_classifier
 from gain.cam.train import gain_step_losses
 from gain.data.dataset import VOCDataset
 from gain.data.transforms import eval_preset, train_preset
+from gain.runtime.checkpoint import save_checkpoint
+from gain.runtime.layout import StagePaths
 from gain.runtime.loaders import collate, loader_workers
+from gain.runtime.tracking import NullRun
 from gain.sec.crf import CRFParams, CRFPool
 from gain.sec.crf_exact import train_crf_backend
 from gain.sec.evaluate import submit_crf
 from gain.sec.model import LargeFOV
 from gain.sec.scale import inference_crf_scale, resolve, train_crf_scale
 from gain.sec.train import downscale_images, sec_step_losses
-from gain.seeds.extract import extract_seeds, image_attention
+from gain.seeds.extract import image_attention
+from stages import seeds as seeds_stage
 
 PAPER = {  # GAIN (Li et al. 2018) and SEC (Kolesnikov & Lampert 2016) on VOC 2012
     "train_images": 10_582, "val_images": 1_449, "gain_epochs": 35, "gain_batch": 1,
@@ -182,18 +188,31 @@ def step_rows(params, rt, s: dict, index) -> dict:
     return rows
 
 
-def cpu_rows(params, rt, s: dict, index, out_dir: Path) -> dict:
-    """name -> (callable, images per call): extract_seeds and image_attention with a near-free classifier
-    (beside a VGG16 pass on a CPU their difference, the main process's share, would be noise), and SEC's
-    test-time CRF (s = 1) on a full-resolution VOC image, in-line."""
+def tiny_gain_file(path: Path, params, size: int, classes) -> None:
+    """A GAIN model file on the small trunk (a near-free network at `size`) that the seeds stage loads."""
+    p = dataclasses.replace(params.gain, backbone="small", weights="none", head="gap", input_size=size)
+    model = build_gain(p, len(classes) - 1)
+    state = {"model": model.state_dict(), "params": dataclasses.asdict(p), "classes": list(classes)}
+    save_checkpoint(path, state | gain_record(model))
+
+
+def cpu_rows(params, rt, s: dict, index, work: Path) -> dict:
+    """name -> (callable, images per call): the seeds stage's run() and the attention pass alone with a
+    near-free classifier (beside a VGG16 pass on a CPU their difference, the main process's share, would be
+    noise), and SEC's test-time CRF (s = 1) on a full-resolution VOC image, in-line."""
     ids, size = index.splits["weak_train"], s["input_size"]
-    tiny = rt.place(Classifier("small", PAPER["classes"] - 1)).eval()
+    paths = StagePaths(gain_model=work / "gain.pt", seeds=work / "seeds", reports=work / "reports")
+    tiny_gain_file(paths.gain_model, params, size, index.classes)
+    tiny = rt.place(load_classifier(paths.gain_model)[0])
+    knobs = dataclasses.replace(params.runtime, vis_images=0, seeds_batch_size=2)
+    seeds_params = dataclasses.replace(params, runtime=knobs)
     ds = VOCDataset(index, ids, eval_preset(size), keep_original=True)
     image, rng, inline = ds[0]["orig_image"], np.random.default_rng(params.seed), CRFPool(0)
     probs = np.exp(wl.random_log_probs(rng, (PAPER["classes"], *image.shape[:2])))
 
     def extract() -> None:
-        extract_seeds(tiny, index, params.seeds, rt, out_dir, input_size=size, batch_size=2, n_vis=0)
+        with contextlib.redirect_stdout(io.StringIO()):  # the stage's one-line summary, every round
+            seeds_stage.run(seeds_params, index, paths=paths, rt=rt, tracker=NullRun())
 
     def attention() -> int:
         return sum(1 for _ in image_attention(tiny, ds, rt, batch_size=2, flip=params.seeds.flip))
@@ -210,7 +229,7 @@ def measure(params, rt, s: dict, table: list[int]) -> tuple[dict, dict]:
     crf_scale) in-line, in pools of `table` processes and exact. -> (figures, seconds per part)."""
     index, start = wl.voc_index(), time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="bench-seeds-") as tmp:
-        rows = step_rows(params, rt, s, index) | cpu_rows(params, rt, s, index, Path(tmp) / "seeds")
+        rows = step_rows(params, rt, s, index) | cpu_rows(params, rt, s, index, Path(tmp))
         times = interleaved({k: f for k, (f, _) in rows.items()}, s["rounds"], rt.device, s["warmup"])
     section_s = {"steps": time.perf_counter() - start}
     ds = VOCDataset(index, index.splits["weak_train"], eval_preset(PAPER["input_size"]))

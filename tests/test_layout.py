@@ -121,7 +121,7 @@ def test_stage_scripts_are_thin():
 
 
 # What a stage wires together, made only by its script: the study (gain/study/runner.py) and the DDP test
-# worker call the stage's run() instead of wiring these again.
+# worker and the benchmarks call the stage's run() instead of wiring these again.
 STAGE_WORK = {
     "train_gain": "stages/gain.py",
     "extract_seeds": "stages/seeds.py",
@@ -132,7 +132,12 @@ STAGE_WORK = {
 
 def test_only_its_stage_script_wires_a_stage():
     found = []
-    for path in [*REPO.glob("gain/**/*.py"), *REPO.glob("stages/*.py"), REPO / "tests/ddp_worker.py"]:
+    for path in [
+        *REPO.glob("gain/**/*.py"),
+        *REPO.glob("stages/*.py"),
+        *REPO.glob("benchmarks/*.py"),
+        REPO / "tests/ddp_worker.py",
+    ]:
         name = str(path.relative_to(REPO))
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.ImportFrom):
