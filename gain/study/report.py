@@ -167,8 +167,8 @@ def write_study_md(
     lines = [
         "# Method study: Grad-CAM vs GAIN vs GAIN_ext, and SEC's loss ablation",
         "",
-        f"Produced by `{command}` (the `make study` target); every run in-process through the library "
-        "functions the DVC stages call, from params.yaml with the method's overrides. Data: the default "
+        f"Produced by `{command}` (the `make study` target); every run in-process through the DVC "
+        "stages' run() (stages/gain.py, seeds.py, sec.py), from params.yaml with the method's overrides. Data: the default "
         f"built-in synthetic set; scores on val. Seeds: {timing.get('seeds')}.",
         "",
         f"Wall time of this invocation: {timing.get('wall_s', float('nan')) / 60:.1f} min "
