@@ -1,11 +1,12 @@
-"""The import closure of a module inside this repo, read from the source (imports inside functions too)."""
+"""Repo imports that are not at module level, and (run as a module) each stage's import closure for dvc.yaml;
+the closure itself is gain.runtime.codebase's."""
 
 from __future__ import annotations
 
 import ast
 from pathlib import Path
 
-from gain.runtime.codebase import PACKAGES, REPO, closure, imported_modules, module_file  # noqa: F401
+from gain.runtime.codebase import PACKAGES, REPO, closure
 
 
 def nested_imports(path: Path) -> list[str]:

@@ -12,8 +12,9 @@ import pytest
 import yaml
 
 from gain.runtime import layout
+from gain.runtime.codebase import REPO, closure, imported_modules
 from gain.runtime.params import STAGE_PARAMS
-from tests.imports import REPO, closure, nested_imports
+from tests.imports import nested_imports
 
 DVC = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
 # Data each stage reads besides code: the outputs of earlier stages (and the VOC id list).
@@ -179,8 +180,6 @@ def floor_of(package: str) -> int:
 
 def import_edges() -> set[tuple[str, str, str]]:
     """(file, importing package, imported package) for every import between two packages of the repo."""
-    from tests.imports import imported_modules
-
     edges = set()
     for path in [*(REPO / "gain").rglob("*.py"), *(REPO / "stages").glob("*.py")]:
         module = ".".join(path.relative_to(REPO).with_suffix("").parts)

@@ -17,7 +17,7 @@ import yaml
 from gain.evaluation.plots_template import PACKAGES, library, npm_pack
 from gain.evaluation.plots_template import main as build_template
 from gain.runtime import layout
-from tests.imports import REPO
+from gain.runtime.codebase import REPO
 from tests.pipeline_utils import dvc
 
 DVC = yaml.safe_load((REPO / "dvc.yaml").read_text())

@@ -16,10 +16,10 @@ from collections.abc import Callable, Iterator
 import gain
 from gain.cam.model import GAIN, Classifier
 from gain.runtime import params as params_module
+from gain.runtime.codebase import REPO
 from gain.runtime.params import Params, load_params
 from gain.sec.model import LargeFOV
 from gain.sec.scale import SEC_D_BG, SEC_D_FG
-from tests.imports import REPO
 
 # The params.yaml sections a wing's keyword defaults stand for.
 WING_SECTIONS = {
