@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -11,10 +9,9 @@ from pathlib import Path
 import yaml
 
 from gain.runtime.params import read_yaml
+from gain.runtime.workspace import BIN, commit_all, copy_project, project_env
 
 REPO = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
-VENV = BIN.parent
 
 # A pipeline small enough for tests (seconds per stage) that still exercises every code path.
 TINY = {
@@ -65,53 +62,16 @@ def write_params(repo: Path, overrides: dict) -> None:
     path.write_text(yaml.safe_dump(deep_update(params, overrides), sort_keys=False))
 
 
-def tracked_files() -> list[str]:
-    out = subprocess.run(
-        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return [f for f in out.stdout.splitlines() if (REPO / f).is_file()]
-
-
 def make_repo(dest: Path, overrides: dict | None = None) -> Path:
-    """Copy the project's files (no outputs, no store) into `dest`, apply TINY + overrides, and commit.
-
-    `.venv` in the copy links to the environment running the tests, as a user's checkout has its own
-    (the stage commands' interpreter, stages/python, looks for it there)."""
-    for f in tracked_files():
-        if f.startswith(("reports/", "dvc.lock")):
-            continue
-        target = dest / f
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(REPO / f, target)
-    (dest / ".venv").symlink_to(VENV, target_is_directory=True)
+    """A copy of the project (gain.runtime.workspace.copy_project) with TINY + overrides, committed."""
+    copy_project(dest)
     write_params(dest, deep_update(yaml.safe_load(yaml.safe_dump(TINY)), overrides or {}))
-    git = ["git", "-c", "user.name=test", "-c", "user.email=test@example.com"]
-    subprocess.run(["git", "init", "-q", "-b", "main"], cwd=dest, check=True)
-    subprocess.run(["git", "add", "-A"], cwd=dest, check=True)
-    subprocess.run([*git, "commit", "-qm", "test copy"], cwd=dest, check=True)
+    commit_all(dest, env_for(dest), "test copy")
     return dest
 
 
 def env_for(repo: Path) -> dict:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_", "GAIN_"))}
-    env.update(
-        {
-            "PATH": f"{BIN}{os.pathsep}{env.get('PATH', '')}",
-            "DVC_NO_ANALYTICS": "1",
-            "DVC_SITE_CACHE_DIR": str(repo / ".dvc_site_cache"),
-            "PYTHONUNBUFFERED": "1",
-            "OMP_NUM_THREADS": "2",
-            "GIT_AUTHOR_NAME": "test",
-            "GIT_AUTHOR_EMAIL": "test@example.com",
-            "GIT_COMMITTER_NAME": "test",
-            "GIT_COMMITTER_EMAIL": "test@example.com",
-        }
-    )
-    return env
+    return project_env(repo, threads=2, who="test")
 
 
 def run(cmd: list[str], repo: Path, *, check: bool = True, timeout: float = 600, env: dict | None = None):
