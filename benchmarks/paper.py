@@ -18,7 +18,6 @@ import math
 import os
 import statistics
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -100,19 +99,15 @@ def here(m: dict, flops: dict, crf_key: str, crf_processes: int) -> tuple:
     return rates, path, cpu | {"crf_full": per["crf_full"] / crf_processes}, w > 0
 
 
-def on_gpu(m: dict, sec_crf: str) -> tuple:
+def on_gpu(m: dict) -> tuple:
     """`project`'s inputs on the ASSUMED GPU: every network at the sustained rate, but not GAIN at batch 1
-    (latency-bound, which FLOPs cannot tell); SEC's CRF exact on the GPU from its counted FLOPs, or waited
-    for from the lattice in the host's processes; the CPU work timed here shared by the host's cores."""
-    cores, b, lattice = ASSUMED["host_cores"] - 1, PAPER["sec_batch"], sec_crf == "lattice"
-    crf41, rate = 1 / m["crf41_per_s"]["1"], ASSUMED["sustained_tflops"] * 1e3
+    (latency-bound, which FLOPs cannot tell); SEC's CRF exact on the GPU (auto's choice on CUDA) from its
+    counted FLOPs; the CPU work timed here shared by the host's cores."""
+    rate, cores = ASSUMED["sustained_tflops"] * 1e3, ASSUMED["host_cores"] - 1
     exact = exact_crf_gflops(1, PAPER["classes"], 41 * 41) / (ASSUMED["fp32_tflops"] * 1e3)
-    wait = crf41 * math.ceil(b / min(b, cores)) / b  # the lattice's 15 CRFs over the host's processes
-    path = {"seed_post": m["seeds_main_process_s_per_image"], "sec_crf": wait if lattice else exact}
-    cpu = {k: m["seconds_per_image"][k] for k in ("decode_gain", "decode_sec", "crf_full")}
-    cpu["decode_sec"] += crf41 if lattice else 0.0
-    rates = {"gain_batched": rate, "sec_network": rate}
-    return rates, path, {k: v / cores for k, v in cpu.items()}, True
+    path = {"seed_post": m["seeds_main_process_s_per_image"], "sec_crf": exact}
+    cpu = {k: m["seconds_per_image"][k] / cores for k in ("decode_gain", "decode_sec", "crf_full")}
+    return {"gain_batched": rate, "sec_network": rate}, path, cpu, True
 
 
 def exact_crf_gflops(batch: int, classes: int, cells: int, iterations: int = CRFParams().iterations) -> float:
@@ -122,17 +117,15 @@ def exact_crf_gflops(batch: int, classes: int, cells: int, iterations: int = CRF
 
 
 def projection(m: dict, s: dict, flops: dict, sec_crf: str, cuda: bool) -> dict:
-    """This device's hours and step split; without a GPU the ASSUMED GPU's (SEC with the exact CRF, auto's
-    choice on CUDA, and with the lattice); torchrun on N GPUs (GAIN and SEC split the images over the ranks
-    at ASSUMED ddp_efficiency, seeds and evaluation in one process); the CRF processes that keep SEC's 15
-    CRFs within one GPU forward-backward and the evaluation's CRFs up with inference."""
+    """This device's hours and step split; without a GPU the ASSUMED GPU's; torchrun on N GPUs (GAIN and SEC
+    split the images over the ranks at ASSUMED ddp_efficiency, seeds and evaluation in one process); the CRF
+    processes that keep SEC's 15 CRFs within one GPU forward-backward and evaluation's CRFs up with inference."""
     at_321 = {net: flops[f"{net}_gflops_321"] for net in ("classifier", "largefov")}
     procs = s["crf_processes"]
     split, hours = project(at_321, *here(m, flops, "exact" if sec_crf == "exact" else str(procs), procs))
-    (gsplit, gpu), (_, lattice) = (project(at_321, *on_gpu(m, crf)) for crf in ("exact", "lattice"))
+    gsplit, gpu = project(at_321, *on_gpu(m))
     fb = {"sec_step_gpu_s": gsplit["sec"]["forward_backward"], "sec_crf_exact_gpu_s": gsplit["sec"]["crf"]}
     est = {"stage_hours": gpu, "total_hours": sum(gpu.values()), **fb, "assumed": ASSUMED}
-    est["sec_hours_by_crf"] = {"exact": gpu["sec"], "lattice": lattice["sec"]}
     est["note"] = "an estimate from FLOPs and assumptions, not a measurement"
     h, rate, full = hours if cuda else gpu, m["crf41_per_s"]["1"], m["seconds_per_image"]["crf_full"]
     need = math.ceil(PAPER["sec_batch"] / (rate * (split if cuda else gsplit)["sec"]["forward_backward"]))
@@ -224,27 +217,25 @@ def cpu_rows(params, rt, s: dict, index, work: Path) -> dict:
     return {k: (f, len(ids)) for k, f in rows.items()} | {"crf_full": (crf, 1)}
 
 
-def measure(params, rt, s: dict, table: list[int]) -> tuple[dict, dict]:
+def measure(params, rt, s: dict, table: list[int]) -> dict:
     """The rows, interleaved; SEC's training CRFs (41 x 41 x 21, 15 per call on VOC images, params'
-    crf_scale) in-line, in pools of `table` processes and exact. -> (figures, seconds per part)."""
-    index, start = wl.voc_index(), time.perf_counter()
+    crf_scale) in-line, in pools of `table` processes and exact."""
+    index = wl.voc_index()
     with tempfile.TemporaryDirectory(prefix="bench-seeds-") as tmp:
         rows = step_rows(params, rt, s, index) | cpu_rows(params, rt, s, index, Path(tmp))
         times = interleaved({k: f for k, (f, _) in rows.items()}, s["rounds"], rt.device, s["warmup"])
-    section_s = {"steps": time.perf_counter() - start}
     ds = VOCDataset(index, index.splits["weak_train"], eval_preset(PAPER["input_size"]))
     images = downscale_images(voc_batch(ds, PAPER["sec_batch"])["image"], (41, 41))
     rng = np.random.default_rng(params.seed)
     log_probs = wl.random_log_probs(rng, (len(images), PAPER["classes"], 41, 41))
-    start, scale = time.perf_counter(), resolve(params.sec.crf_scale, train_crf_scale, (41, 41))
+    scale = resolve(params.sec.crf_scale, train_crf_scale, (41, 41))
     rates, raw = wl.crf_rates(images, log_probs, scale, table, rt.device, max(2, s["rounds"]))
-    section_s["crf"] = time.perf_counter() - start
     workers = loader_workers(params.runtime.workers, rt.device.type == "cuda")
     per = {k: v / rows[k][1] for k, v in median_s(times).items()}
     small = per["seeds_extract_small_trunk"] - per["seeds_attention_small_trunk"]  # cues, PNGs, scoring
     m = {"seconds_per_image": per, "seeds_main_process_s_per_image": max(small, 0.0)}
     m |= {"crf41_per_s": rates, "loader_workers": workers, "raw_ms": raw_ms(times), "raw_crf41_ms": raw}
-    return m, section_s
+    return m
 
 
 def gflops(build, size: int) -> float:
@@ -269,7 +260,7 @@ def paper_scale(params, rt, *, quick: bool) -> dict:
     builds = {"classifier": lambda: Classifier("vgg16", 20), "largefov": lambda: LargeFOV("vgg16", 21)}
     sizes = {"321": 321, "measured": s["input_size"]}
     flops = {f"{net}_gflops_{tag}": gflops(b, n) for net, b in builds.items() for tag, n in sizes.items()}
-    m, section_s = measure(params, rt, s, table)
+    m = measure(params, rt, s, table)
     sec_crf = train_crf_backend("auto", rt.device)
     setup = {**s, "paper": PAPER, "flops": flops, "sec_train_crf": sec_crf}
     setup |= {"crf_workers_configured": params.runtime.crf_workers, "deterministic": params.deterministic}
@@ -280,11 +271,10 @@ def paper_scale(params, rt, *, quick: bool) -> dict:
         "gpu_name": torch.cuda.get_device_name(rt.device) if cuda else None,
         "paper_scale_setup": setup,
         "paper_scale_measured": m,
-        "paper_scale_section_s": section_s,
     }
 
 
 # What --paper-scale writes into reports/benchmarks.json (the default run keeps these and replaces the rest).
 KEYS = ("voc_paper_scale_hours", "voc_stage_hours", "voc_step_split_s", "gpu_measured", "gpu_name",
         "voc_multi_gpu_hours", "gpu_estimate", "crf_sizing", "paper_scale_setup",
-        "paper_scale_measured", "paper_scale_section_s", "paper_scale_run")  # fmt: skip
+        "paper_scale_measured", "paper_scale_run")  # fmt: skip

@@ -20,8 +20,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-PIPELINE_KEYS = ("pipeline_wall_s", "noop_repro_s", "pipeline_stage_s", "pipeline_cpu_s", "pipeline_loadavg",
-                 "noop_reran_stages")  # fmt: skip
 
 
 def machine_info(torch, rt, default_threads: int) -> dict:
@@ -36,29 +34,14 @@ def machine_info(torch, rt, default_threads: int) -> dict:
     }  # fmt: skip
 
 
-def previous(out_dir: Path) -> dict:
-    path = out_dir / "benchmarks.json"
-    return json.loads(path.read_text()) if path.is_file() else {}
+def write(out_dir: Path, res: dict) -> str:
+    """out_dir/benchmarks.json := `res`; benchmarks.md rendered from it."""
+    from benchmarks.report import render
 
-
-def write(out_dir: Path, res: dict, keep, render) -> str:
-    """out_dir/benchmarks.json := the old file's keys for which keep(key) holds (the other mode's figures)
-    plus `res`; benchmarks.md rendered from that."""
-    merged = {**{k: v for k, v in previous(out_dir).items() if keep(k)}, **res}
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "benchmarks.json").write_text(json.dumps(merged, indent=2, allow_nan=False) + "\n")
-    (out_dir / "benchmarks.md").write_text(md := render(merged))
+    (out_dir / "benchmarks.json").write_text(json.dumps(res, indent=2, allow_nan=False) + "\n")
+    (out_dir / "benchmarks.md").write_text(md := render(res))
     return md
-
-
-def kept_pipeline(out_dir: Path) -> dict:
-    """--skip-pipeline: the pipeline figures of the previous run in out_dir with the date they were measured
-    (`pipeline_measured_on`), or None where there are none."""
-    old = previous(out_dir)
-    if old.get("pipeline_wall_s") is None:
-        return {k: None for k in PIPELINE_KEYS[:4]}
-    date = old.get("pipeline_measured_on") or old["machine"]["date"]
-    return {k: old.get(k) for k in PIPELINE_KEYS} | {"pipeline_measured_on": date}
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -70,16 +53,14 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     threads = "torch intra-op threads (1: fair ratios on a shared CPU; 0: torch's default, as the stages run)"
     ap.add_argument("--threads", type=int, default=1, help=threads)
     ap.add_argument("--out-dir", type=Path, default=Path("reports"), help="where benchmarks.json/.md go")
-    ap.add_argument("--memory-child", choices=("plain", "gain", "public"), help=argparse.SUPPRESS)
-    ap.add_argument("--memory-steps", type=int, default=3, help=argparse.SUPPRESS)
     return ap.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> dict | None:
+def main(argv: list[str] | None = None) -> dict:
     args = parse(argv)
     import torch  # here, not at the top: see the module docstring
 
-    from benchmarks import paper, report, suite
+    from benchmarks import paper, suite
     from gain.runtime.device import seed_everything, setup_runtime
     from gain.runtime.params import load_params
 
@@ -89,23 +70,24 @@ def main(argv: list[str] | None = None) -> dict | None:
     params = load_params(REPO / "params.yaml")
     rt = setup_runtime(args.device)
     seed_everything(params.seed, params.deterministic)
-    if args.memory_child:
-        return suite.memory_child(params, rt, args.memory_child, args.memory_steps)
     command = ("python -m benchmarks.run " + " ".join(sys.argv[1:] if argv is None else argv)).strip()
     machine, start = machine_info(torch, rt, default_threads), time.perf_counter()
-    if args.paper_scale:
-        res = paper.paper_scale(params, rt, quick=args.quick)
+    old = json.loads(path.read_text()) if (path := args.out_dir / "benchmarks.json").is_file() else {}
+    if args.paper_scale:  # the default run's figures stay
+        res = {k: v for k, v in old.items() if k not in paper.KEYS} | paper.paper_scale(
+            params, rt, quick=args.quick
+        )
         machine["loadavg_end"] = list(os.getloadavg())
         res["paper_scale_run"] = {"command": command, "quick": args.quick, "device": rt.device.type,
                                   "machine": machine, "wall_s": time.perf_counter() - start}  # fmt: skip
-        print(write(args.out_dir, res, lambda k: k not in paper.KEYS, report.render))
-        return res
-    res = {"command": command, "device": rt.device.type, "quick": args.quick, "machine": machine}
-    res |= kept_pipeline(args.out_dir) if args.skip_pipeline else {}
-    res |= suite.run_sections(params, rt, args)
-    res["machine"]["loadavg_end"] = list(os.getloadavg())
-    res["targets"] = suite.verdicts(res)
-    print(write(args.out_dir, res, lambda k: k in paper.KEYS, report.render))
+    else:  # the paper-scale figures stay, and with --skip-pipeline the last pipeline timing
+        keep = ("pipeline_", "noop_") if args.skip_pipeline else ()
+        res = {k: v for k, v in old.items() if k in paper.KEYS or k.startswith(keep)}
+        res |= {"command": command, "device": rt.device.type}
+        res |= {"quick": args.quick, "machine": machine} | suite.run_sections(params, rt, args)
+        res["machine"]["loadavg_end"] = list(os.getloadavg())
+        res["targets"] = suite.verdicts(res)
+    print(write(args.out_dir, res))
     return res
 
 

@@ -4,18 +4,18 @@ reports/benchmarks.json, and their targets."""
 from __future__ import annotations
 
 import ctypes
-import json
+import multiprocessing
 import os
 import resource
-import shutil
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from collections import namedtuple
+from datetime import UTC, datetime
 from pathlib import Path
 from subprocess import PIPE, STDOUT
+from unittest import mock
 
 import numpy as np
 import torch
@@ -24,7 +24,9 @@ from benchmarks import workloads as wl
 from benchmarks.timing import interleaved, median_ms, paired_ratio, raw_ms, status_kib, syncer
 from gain.cam.model import Classifier
 from gain.evaluation.metrics import ConfusionMatrix
+from gain.runtime.device import seed_everything
 from gain.runtime.loaders import collate
+from gain.runtime.workspace import BIN, commit_all, copy_project, project_env
 from gain.sec.crf import CRFPool
 from gain.sec.crf_exact import ExactCRF
 from gain.sec.model import LargeFOV
@@ -38,12 +40,6 @@ TARGETS = {  # figure -> (comparison, bound, what the bound stands for)
     "pipeline_wall_s": ("<", 300.0, "default `dvc repro` from a clean copy (target set for 2 CPU cores)"),
     "noop_repro_s": ("<", 5.0, "`dvc repro` with nothing to do"),
 }
-MEMORY_METHOD = {  # by device type
-    "cpu": "peak RSS (VmHWM, reset after construction) minus the RSS after model construction",
-    "cuda": "torch.cuda.max_memory_allocated over the steps minus memory_allocated before them (weights, "
-    "gradients and momentum in the baseline)",
-}
-CRF_CASES = {"14x14x7": (None, 14, 7), "41x41x21": (15, 41, 21)}  # (images or None: SEC batch, side, classes)
 # Repetitions per section; rounds are interleaved rounds, each running every variant once.
 Reps = namedtuple("Reps", "warmup step_rounds seed_rounds sec_rounds crf_rounds eval_rounds memory_steps")
 FULL, QUICK = Reps(5, 40, 7, 20, 9, 15, 3), Reps(1, 3, 1, 3, 2, 3, 1)
@@ -54,7 +50,7 @@ def run_sections(params, rt, args) -> dict:
     reps, dev = QUICK if args.quick else FULL, rt.device.type
     sections = {
         "training steps": lambda: bench_steps(params, rt, reps),
-        "memory": lambda: bench_memory(reps, args.device, args.threads, dev),
+        "memory": lambda: bench_memory(params, rt, reps),
         "seeds": lambda: bench_seeds(params, rt, reps),
         "SEC step and CRF pool": lambda: bench_sec(params, rt, reps),
         "evaluation": lambda: bench_eval(params, reps),
@@ -69,23 +65,17 @@ def run_sections(params, rt, args) -> dict:
     return res
 
 
-def gain_batch(params) -> dict:
-    """params' GAIN batch: batch_size at input_size, ~2 labels per image over the synthetic classes."""
+def gain_steps(params, rt, names=wl.VARIANTS) -> tuple[dict, dict]:
+    """A full training step of each variant in `names`, all from the same weights, on params' GAIN batch
+    (batch_size at input_size, ~2 labels per image over the synthetic classes) -> (steps, batch)."""
     g, num_fg = params.gain, params.data.synthetic.num_classes
-    return collate(wl.synthetic_items(g.batch_size, size=g.input_size, num_fg=num_fg, seed=params.seed))
-
-
-def gain_steps(params, rt, batch: dict, names=wl.VARIANTS) -> dict:
-    """A full training step of each variant in `names`, all from the same weights."""
-    g, num_fg = params.gain, params.data.synthetic.num_classes
-    return wl.step_fns(wl.build_trainees(g, num_fg, rt, seed=params.seed, names=names), batch, g, rt)
+    batch = collate(wl.synthetic_items(g.batch_size, size=g.input_size, num_fg=num_fg, seed=params.seed))
+    return wl.step_fns(wl.build_trainees(g, num_fg, rt, seed=params.seed, names=names), batch, g, rt), batch
 
 
 def bench_steps(params, rt, reps: Reps) -> dict:
     """GAIN vs plain classifier step, and ours vs the public pass structure, interleaved."""
-    g, num_fg, batch = params.gain, params.data.synthetic.num_classes, gain_batch(params)
-    check = wl.public_vs_ours(g, num_fg, batch, rt, seed=params.seed)
-    fns = gain_steps(params, rt, batch)
+    (fns, batch), g, num_fg = gain_steps(params, rt), params.gain, params.data.synthetic.num_classes
     times = interleaved(fns, reps.step_rounds, rt.device, reps.warmup)
     labels, over_plain = float(batch["label"].sum(dim=1).mean()), paired_ratio(times, "gain", "plain")
     setup = {k: getattr(g, k) for k in ("batch_size", "input_size", "backbone", "grad_weights", "alpha")}
@@ -100,16 +90,17 @@ def bench_steps(params, rt, reps: Reps) -> dict:
         "gain_detached_step_over_plain": paired_ratio(times, "gain_detached", "plain"),
         "step_ms": median_ms(times),
         "step_setup": setup,
-        "public_equivalence": check,
         "raw_step_ms": raw_ms(times),
     }
 
 
-def memory_child(params, rt, variant: str, steps: int) -> None:
+def memory_child(params, rt, variant: str, steps: int, threads: int) -> dict:
     """In a fresh process: peak memory (MiB) of `steps` training steps of one variant above the memory after
-    construction (MEMORY_METHOD); prints one JSON line. On the CPU the RSS high-water mark is reset after
-    freed heap went back to the system (malloc_trim), so import-time peaks and free lists hide nothing."""
-    fn = gain_steps(params, rt, gain_batch(params), names=(variant,))[variant]
+    construction (`method`). On the CPU the RSS high-water mark is reset after freed heap went back to
+    the system (malloc_trim), so import-time peaks and free lists hide nothing."""
+    torch.set_num_threads(threads)
+    seed_everything(params.seed, params.deterministic)
+    fn = gain_steps(params, rt, names=(variant,))[0][variant]
     cuda = rt.device.type == "cuda"
     if cuda:
         fn()  # gradients and momentum buffers exist from here on: part of the baseline
@@ -124,33 +115,31 @@ def memory_child(params, rt, variant: str, steps: int) -> None:
         fn()
     syncer(rt.device)()
     peak = torch.cuda.max_memory_allocated() / 1024 if cuda else status_kib("VmHWM")
-    mib = {"baseline_mib": before / 1024, "peak_mib": peak / 1024}
-    print(json.dumps(mib | {"peak_minus_baseline_mib": (peak - before) / 1024}))
+    method = ("torch.cuda.max_memory_allocated over the steps minus memory_allocated before them (weights, "
+              "gradients and momentum included)") if cuda else "peak RSS (VmHWM) minus RSS after construction"  # fmt: skip
+    return {"baseline_mib": before / 1024, "peak_mib": peak / 1024, "method": method}
 
 
-def bench_memory(reps: Reps, device: str, threads: int, device_type: str) -> dict:
-    """Peak memory of training steps per variant (MiB above the model's own footprint): a fresh process per
-    variant, all at once (memory does not depend on the share of the device)."""
-    cmd = [sys.executable, "-m", "benchmarks.run", *f"--device {device} --threads {threads}".split()]
-    cmd += ["--memory-steps", str(reps.memory_steps), "--memory-child"]
-    procs = {
-        v: subprocess.Popen([*cmd, v], cwd=wl.REPO, stdout=PIPE, stderr=PIPE, text=True)
-        for v in ("plain", "gain", "public")
-    }
+def bench_memory(params, rt, reps: Reps) -> dict:
+    """Peak memory of training steps per variant (MiB above the model's own footprint), a fresh process each."""
     out = {}
-    for v, proc in procs.items():
-        stdout, stderr = proc.communicate()
-        if proc.returncode != 0:
-            raise RuntimeError(f"memory child {v} failed:\n{stderr[-3000:]}")
-        out[v] = json.loads(stdout.strip().splitlines()[-1])
-    mib = {k: v["peak_minus_baseline_mib"] for k, v in out.items()}
+    for v in ("plain", "gain", "public"):
+        with multiprocessing.get_context("spawn").Pool(1) as child:
+            out[v] = child.apply(memory_child, (params, rt, v, reps.memory_steps, torch.get_num_threads()))
+    mib = {k: v["peak_mib"] - v["baseline_mib"] for k, v in out.items()}
     return {
         "memory_mib": mib,
         "gain_memory_over_plain": mib["gain"] / mib["plain"],
         "public_memory_over_plain": mib["public"] / mib["plain"],
         "memory_detail": out,
-        "memory_method": "a fresh process per variant: " + MEMORY_METHOD[device_type],
+        "memory_method": "a fresh process per variant: " + out["plain"]["method"],
     }
+
+
+def per_class(classifier, items: list[dict], rt, **kw) -> list:
+    """The seed pass with one attention_maps call per class (benchmarks.workloads.attention_per_class)."""
+    with mock.patch("gain.seeds.extract.attention_maps", wl.attention_per_class):
+        return [(a, c) for _, a, c in image_attention(classifier, items, rt, **kw)]
 
 
 def bench_seeds(params, rt, reps: Reps) -> dict:
@@ -162,25 +151,23 @@ def bench_seeds(params, rt, reps: Reps) -> dict:
     kw = {"batch_size": params.runtime.seeds_batch_size, "flip": params.seeds.flip}
     fns = {
         "batched": lambda: [(a, c) for _, a, c in image_attention(classifier, items, rt, **kw)],
-        "per_class": lambda: wl.seeds_per_class(classifier, items, rt, **kw),
-    }
-    a, b = fns["batched"](), fns["per_class"]()  # also the warm-up
-    same = all(np.array_equal(ca, cb) for (_, ca), (_, cb) in zip(a, b, strict=True))
-    diff = max(float(np.abs(ma - mb).max(initial=0.0)) for (ma, _), (mb, _) in zip(a, b, strict=True))
-    times = interleaved(fns, reps.seed_rounds, rt.device)
+        "per_class": lambda: per_class(classifier, items, rt, **kw),
+    }  # the same maps (tests/benchmarks/test_workloads.py)
+    times = interleaved(fns, reps.seed_rounds, rt.device, warmup=1)
+    pairs = int(sum(item["label"].sum() for item in items))
     return {
         "seed_images_per_s": len(items) / statistics.median(times["batched"]),
         "seed_per_class_images_per_s": len(items) / statistics.median(times["per_class"]),
         "seed_batched_speedup": paired_ratio(times, "per_class", "batched"),
-        "seed_setup": {"images": len(items), **kw, "pairs": int(sum(len(c) for _, c in a))},
-        "seed_equivalence": {"same_classes": same, "max_abs_diff": diff},
+        "seed_setup": {"images": len(items), **kw, "pairs": pairs},
         "raw_seed_ms": raw_ms(times),
     }
 
 
 def bench_sec(params, rt, reps: Reps) -> dict:
     """The SEC step with the CRF pool, inline and exact, interleaved; then CRFs per second of every backend
-    (pydensecrf inline, in 1 .. cores processes, the exact CRF) in each of CRF_CASES, on synthetic images."""
+    (pydensecrf inline, in 1 .. cores processes, the exact CRF) on the step's grid. The paper-scale run
+    times them at VOC's 41 x 41 x 21."""
     p, num_fg, workers = params.sec, params.data.synthetic.num_classes, params.runtime.crf_workers
     batch = collate(wl.synthetic_items(p.batch_size, size=p.input_size, num_fg=num_fg, seed=params.seed))
     torch.manual_seed(params.seed)
@@ -189,27 +176,24 @@ def bench_sec(params, rt, reps: Reps) -> dict:
         trainees = {k: wl.trainee(LargeFOV(p.backbone, num_fg + 1), p, rt) for k in crfs}
         fns = {k: (lambda k=k: wl.step(trainees[k], sec_step_losses, batch, crfs[k], p, rt=rt)) for k in crfs}
         times = interleaved(fns, reps.sec_rounds, rt.device, reps.warmup)
-    # the scale the step used: params' value, or gain.sec.scale's rule on the default 14x14 grid
-    scale = resolve(p.crf_scale, train_crf_scale, (14, 14))
-    res = {
+        with torch.no_grad():
+            grid = tuple(trainees["pool"].model(rt.to_device(batch["image"][:1])).shape[-2:])
+    # the scale the step used: params' value, or gain.sec.scale's rule on the step's grid
+    scale, images = resolve(p.crf_scale, train_crf_scale, grid), downscale_images(batch["image"], grid)
+    log_probs = wl.random_log_probs(np.random.default_rng(params.seed + 2), (len(images), num_fg + 1, *grid))
+    cores = range(1, (os.cpu_count() or 1) + 1)
+    rates, raw = wl.crf_rates(images, log_probs, scale, cores, rt.device, reps.crf_rounds)
+    setup = {"batch_size": p.batch_size, "input_size": p.input_size, "crf_workers": workers}
+    return {
         "crf_pool_speedup": paired_ratio(times, "inline", "pool"),
         "sec_exact_over_inline": paired_ratio(times, "exact", "inline"),
         "sec_exact_over_pool": paired_ratio(times, "exact", "pool"),
         "sec_step_ms": median_ms(times),
-        "sec_setup": {"batch_size": p.batch_size, "input_size": p.input_size, "crf_workers": workers}
-        | {"crf_scale": scale, "classes": num_fg + 1},  # fmt: skip
+        "sec_setup": setup | {"grid": grid, "crf_scale": scale, "classes": num_fg + 1},
+        "crf_per_s": rates,
         "raw_sec_ms": raw_ms(times),
+        "raw_crf_ms": raw,
     }
-    rates, setup, raw, cores = {}, {}, {}, range(1, (os.cpu_count() or 1) + 1)
-    for case, (n, side, classes) in CRF_CASES.items():
-        items = wl.synthetic_items(n or p.batch_size, size=p.input_size, num_fg=num_fg, seed=params.seed + 2)
-        images = downscale_images(collate(items)["image"], (side, side))
-        shape, scale = (len(images), classes, side, side), resolve(p.crf_scale, train_crf_scale, (side, side))
-        log_probs = wl.random_log_probs(np.random.default_rng(params.seed + 2), shape)
-        setup[case] = {"images": len(images), "scale": scale}
-        rates[case], times = wl.crf_rates(images, log_probs, scale, cores, rt.device, reps.crf_rounds)
-        raw |= {f"{case}/{k}": v for k, v in times.items()}
-    return res | {"crf_per_s": rates, "crf_setup": setup, "raw_crf_ms": raw}
 
 
 def bench_eval(params, reps: Reps) -> dict:
@@ -230,33 +214,15 @@ def bench_eval(params, reps: Reps) -> dict:
     }
 
 
-def pipeline_copy(dest: Path) -> dict:
-    """A fresh git copy of the project's files in `dest` (no outputs, no store) with params.yaml as it is;
-    -> the environment `dvc repro` runs in there."""
-    ls = ["git", "ls-files", "--cached", "--others", "--exclude-standard"]
-    for f in subprocess.run(ls, cwd=wl.REPO, capture_output=True, text=True, check=True).stdout.splitlines():
-        if (wl.REPO / f).is_file() and not f.startswith(("reports/", "dvc.lock")):
-            (dest / f).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(wl.REPO / f, dest / f)
-    (dest / ".venv").symlink_to(Path(sys.executable).parents[1], target_is_directory=True)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_", "GAIN_"))}
-    env |= {"DVC_NO_ANALYTICS": "1", "DVC_SITE_CACHE_DIR": str(dest / ".dvc_site_cache")}
-    env["PYTHONUNBUFFERED"] = "1"
-    env["OMP_NUM_THREADS"] = str(os.cpu_count() or 1)  # the stages use every core, whatever this shell says
-    env |= {"PATH": f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"}
-    for who in ("AUTHOR", "COMMITTER"):
-        env |= {f"GIT_{who}_NAME": "bench", f"GIT_{who}_EMAIL": "bench@example.com"}
-    for git in (["init", "-q", "-b", "main"], ["add", "-A"], ["commit", "-qm", "benchmark copy"]):
-        subprocess.run(["git", *git], cwd=dest, check=True, env=env)
-    return env
-
-
 def bench_pipeline(device: str) -> dict:
-    """Default `dvc repro` in a fresh copy of the repo (stage by stage), then a no-op `dvc repro`."""
-    dvc = str(Path(sys.executable).parent / "dvc")
+    """Default `dvc repro` in a fresh copy of the project (stage by stage), then a no-op `dvc repro`."""
+    dvc = str(BIN / "dvc")
     with tempfile.TemporaryDirectory(prefix="gain-bench-") as tmp:
         repo = Path(tmp)
-        env = pipeline_copy(repo) | ({"CUDA_VISIBLE_DEVICES": ""} if device == "cpu" else {})
+        # the stages use every core, whatever this shell says
+        env = project_env(copy_project(repo), threads=os.cpu_count() or 1, who="bench")
+        env |= {"CUDA_VISIBLE_DEVICES": ""} if device == "cpu" else {}
+        commit_all(repo, env, "benchmark copy")
         starts, log, load_start = {}, [], os.getloadavg()[0]
         cpu_start, start = resource.getrusage(resource.RUSAGE_CHILDREN), time.perf_counter()
         proc = subprocess.Popen([dvc, "repro"], cwd=repo, env=env, stdout=PIPE, stderr=STDOUT, text=True)
@@ -282,6 +248,7 @@ def bench_pipeline(device: str) -> dict:
         "noop_reran_stages": [ln for ln in noop.stdout.splitlines() if ln.startswith("Running stage")],
         "pipeline_cpu_s": sum(getattr(cpu_end, f) - getattr(cpu_start, f) for f in ("ru_utime", "ru_stime")),
         "pipeline_loadavg": [load_start, load_end],
+        "pipeline_measured_on": datetime.now(UTC).isoformat(timespec="seconds"),
     }
 
 

@@ -32,7 +32,6 @@ from gain.data.dataset import DatasetIndex, build_index
 from gain.data.synthetic import TEXTURES, SyntheticConfig, render_image
 from gain.data.transforms import to_tensor
 from gain.runtime.device import Runtime
-from gain.runtime.loaders import collate
 from gain.runtime.loop import optimizer_step, sgd
 from gain.runtime.params import GainParams, SecParams
 from gain.sec.crf import CRFPool
@@ -145,25 +144,6 @@ def step_fns(trainees: dict[str, Trainee], batch: dict, p: GainParams, rt: Runti
     return {name: one(name, t) for name, t in trainees.items()}
 
 
-def public_vs_ours(p: GainParams, num_fg: int, batch: dict, rt: Runtime, *, seed: int) -> dict:
-    """One step's loss and parameter gradients of `public` and `gain_detached` from the same weights."""
-    models = {
-        k: t.model
-        for k, t in build_trainees(p, num_fg, rt, seed=seed, names=("gain_detached", "public")).items()
-    }
-    with rt.autocast():
-        ours = gain_step_losses(models["gain_detached"], batch, p, rt)["total"]
-    theirs = public_total(models["public"], batch, rt, alpha=p.alpha)
-    ours.backward()
-    theirs.backward()
-    ga, gb = ([q.grad.float() for q in models[k].parameters()] for k in ("gain_detached", "public"))
-    diff = max(float((a - b).abs().max()) for a, b in zip(ga, gb, strict=True))
-    return {
-        "loss_abs_diff": float((ours.detach().float() - theirs.detach().float()).abs()),
-        "grad_max_abs_diff_rel": diff / max(float(g.abs().max()) for g in ga),
-    }
-
-
 # ------------------------------------------------------------------------------------------- CRFs
 def crf_rates(images, log_probs, scale: float, pools, device: torch.device, rounds: int) -> tuple[dict, dict]:
     """CRFs per second on one batch ((B, h, w, 3) uint8, (B, C, h, w) float32 log-probabilities): pydensecrf
@@ -184,28 +164,17 @@ def crf_rates(images, log_probs, scale: float, pools, device: torch.device, roun
 
 
 # ------------------------------------------------------------------------------------------- seed passes
-def seeds_per_class(classifier, items: list[dict], rt: Runtime, *, batch_size: int, flip: bool) -> list:
-    """The baseline: the same maps from one attention_maps call per class of each batch, each on the
-    images that hold that class with single-class labels."""
-    out = []
-    for start in range(0, len(items), batch_size):
-        batch = collate(items[start : start + batch_size])
-        x, labels = rt.to_device(batch["image"]), batch["label"].to(rt.device)
-        maps: dict[tuple[int, int], torch.Tensor] = {}  # (image, class) -> (H, W)
-        for c in labels.any(dim=0).nonzero(as_tuple=True)[0].tolist():
-            rows = labels[:, c].nonzero(as_tuple=True)[0]
-            single = torch.zeros_like(labels[rows])
-            single[:, c] = 1.0
-            with torch.no_grad(), rt.autocast():
-                attn, pair_image, _ = attention_maps(classifier, x[rows], single, flip=flip)
-            maps |= {(int(rows[i]), c): a for a, i in zip(attn.float(), pair_image.tolist(), strict=True)}
-        for b in range(x.shape[0]):
-            classes = sorted(c for i, c in maps if i == b)
-            h, w = batch["orig_mask"][b].shape
-            if not classes:
-                out.append((np.zeros((0, h, w), np.float32), np.zeros(0, np.int64)))
-                continue
-            a = torch.stack([maps[(b, c)] for c in classes])
-            a = F.interpolate(a[:, None], size=(h, w), mode="bilinear", align_corners=False)[:, 0]
-            out.append((a.clamp(0, 1).cpu().numpy(), np.asarray(classes) + 1))
-    return out
+def attention_per_class(classifier, x: torch.Tensor, labels: torch.Tensor, *, flip: bool, size=None):
+    """attention_maps' result from one call per class of the batch, each on the images that hold that class
+    labelled with it alone: the baseline the seed pass is timed against with this in place of attention_maps
+    (gain.seeds.extract's), so the rest of the pass is the same."""
+    maps = {}  # (image, class) -> (H, W)
+    for c in labels.any(dim=0).nonzero(as_tuple=True)[0].tolist():
+        rows = labels[:, c].nonzero(as_tuple=True)[0]
+        single = torch.zeros_like(labels[rows])
+        single[:, c] = 1.0
+        attn, pair_image, _ = attention_maps(classifier, x[rows], single, flip=flip, size=size)
+        maps |= {(int(rows[i]), c): a for a, i in zip(attn, pair_image.tolist(), strict=True)}
+    pair_image, pair_class = label_pairs(labels)
+    attn = [maps[(i, c)] for i, c in zip(pair_image.tolist(), pair_class.tolist(), strict=True)]
+    return torch.stack(attn) if attn else x.new_zeros((0, *(size or x.shape[-2:]))), pair_image, pair_class

@@ -33,7 +33,8 @@ FIGURES = [
     "sec_exact_over_pool",
     "eval_mpix_per_s",
 ]
-PIPELINE = ["pipeline_wall_s", "noop_repro_s"]
+PIPELINE = {"pipeline_wall_s": 250.0, "noop_repro_s": 1.5}
+EARLIER = PIPELINE | {"pipeline_measured_on": "2026-01-01", "gain_step_over_plain": 99.0}  # a figure replaced
 STAGES = {"gain_batch_1", "gain_batch_16", "seeds", "sec", "evaluate"}
 
 
@@ -51,6 +52,7 @@ def run(out: Path, *args: str) -> None:
 def quick_runs(tmp_path_factory) -> tuple[dict, str]:
     """The default quick run, then the quick paper-scale run into the same folder."""
     out = tmp_path_factory.mktemp("benchmarks")
+    (out / "benchmarks.json").write_text(json.dumps(EARLIER))
     run(out, "--skip-pipeline")
     run(out, "--paper-scale", "--device", "cpu")
     return json.loads((out / "benchmarks.json").read_text()), (out / "benchmarks.md").read_text()
@@ -62,17 +64,12 @@ def test_quick_run_reports_every_figure(quick_runs):
     for key in FIGURES:
         assert positive(res[key]), (key, res[key])
         assert f"`{key}`" in md
-    for key in PIPELINE:
-        assert res[key] is None and res["targets"][key]["pass"] is None
+    # --skip-pipeline kept the earlier pipeline figures (judged against their targets) and nothing else
+    assert all(res[k] == v for k, v in EARLIER.items() if k != "gain_step_over_plain")
+    assert all(res["targets"][k]["pass"] for k in PIPELINE) and res["gain_step_over_plain"] != 99.0
     backends = {"inline", "exact", *(str(n) for n in range(1, os.cpu_count() + 1))}
-    assert set(res["crf_per_s"]) == {"14x14x7", "41x41x21"}
-    for rates in res["crf_per_s"].values():
-        assert set(rates) == backends and all(positive(v) for v in rates.values())
-    assert res["crf_setup"]["41x41x21"]["images"] == 15 and set(res["sec_step_ms"]) == {
-        "pool",
-        "inline",
-        "exact",
-    }
+    assert set(res["crf_per_s"]) == backends and all(positive(v) for v in res["crf_per_s"].values())
+    assert res["sec_setup"]["grid"] == [14, 14] and set(res["sec_step_ms"]) == {"pool", "inline", "exact"}
     assert set(res["memory_mib"]) == {"plain", "gain", "public"}
     assert all(positive(v) for v in res["memory_mib"].values())
     for section in ("step_ms", "sec_step_ms"):
@@ -81,17 +78,6 @@ def test_quick_run_reports_every_figure(quick_runs):
     assert machine["cpu"] and machine["cores"] >= 1 and machine["torch"] and machine["date"]
     assert "cuda" in machine
     assert set(res["targets"]) == {"gain_step_over_floor", "speedup_vs_public_pass_structure", *PIPELINE}
-
-
-@pytest.mark.e2e
-def test_compared_variants_compute_the_same_thing(quick_runs):
-    res, _ = quick_runs
-    # The public pass structure and GAIN(differentiable=False) give the same loss and gradients (fp32, CPU) ...
-    assert res["public_equivalence"]["loss_abs_diff"] < 1e-5
-    assert res["public_equivalence"]["grad_max_abs_diff_rel"] < 1e-4
-    # ... and one attention_maps pass per class gives the batched seed pass's maps.
-    assert res["seed_equivalence"]["same_classes"]
-    assert res["seed_equivalence"]["max_abs_diff"] < 1e-4
 
 
 @pytest.mark.e2e
@@ -119,8 +105,8 @@ def test_paper_scale_projects_every_stage(quick_runs):
     est = res["gpu_estimate"]
     assert set(est["stage_hours"]) == STAGES - {"gain_batch_1"}  # latency-bound: not estimated from FLOPs
     assert all(positive(v) for v in est["stage_hours"].values()) and positive(est["total_hours"])
-    by_crf = est["sec_hours_by_crf"]  # the GPU default is the exact CRF
-    assert set(by_crf) == {"exact", "lattice"} and est["stage_hours"]["sec"] == by_crf["exact"]
+    # SEC's CRF exact on the GPU (auto's choice on CUDA), its time from its counted FLOPs
+    assert est["sec_crf_exact_gpu_s"] == pytest.approx(exact_crf_gflops(1, 21, 41 * 41) * 15 / 30e3)
     m, setup = res["paper_scale_measured"], res["paper_scale_setup"]
     assert all(positive(v) for v in m["seconds_per_image"].values()) and positive(
         m["seeds_main_process_s_per_image"]
