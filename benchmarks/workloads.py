@@ -5,11 +5,10 @@ Training steps (the library's losses under autocast, then gain.runtime.loop.opti
   plain          gain_step_losses(mine=False): the classification stream alone, L_cl (the warm-up step).
   gain           gain_step_losses with params' grad_weights.
   gain_detached  the same with grad_weights = "detached".
-  public         the same objective with public GAIN code's pass structure: per class rank a full backward
-                 through the network (`score.backward(retain_graph=True)`) with a hook on the trunk's features
-                 to read d s^c / d F, the polluted parameter gradients zeroed, Grad-CAM from those (detached)
-                 weights, then the masked forward and the real backward. It loops over class ranks as
-                 gain.cam.attention.grad_cam does, so the comparison isolates what each pass runs through.
+  public         gain_detached's step with public GAIN code's pass structure: Grad-CAM's d s^c / d F read
+                 per class rank by a full backward through the network with a hook on the trunk's features
+                 (hooked_grad in place of torch.autograd.grad), the polluted parameter gradients cleared by
+                 the update. Everything else is the library's step, so the comparison isolates that pass.
 """
 
 from __future__ import annotations
@@ -18,14 +17,13 @@ import dataclasses
 from collections import namedtuple
 from collections.abc import Callable
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import torch
-from torch.nn import functional as F
 
 from benchmarks.timing import interleaved, median_s, raw_ms
-from gain.cam.attention import EPS, attention_maps, label_pairs, soft_mask
-from gain.cam.losses import gain_loss
+from gain.cam.attention import attention_maps, label_pairs
 from gain.cam.model import GAIN, build_gain
 from gain.cam.train import gain_step_losses
 from gain.data.dataset import DatasetIndex, build_index
@@ -100,48 +98,32 @@ def step(t: Trainee, losses: Callable, *args, rt: Runtime, **kw) -> None:
     optimizer_step(loss, t.optimizer)
 
 
-def public_total(model: GAIN, batch: dict, rt: Runtime, *, alpha: float) -> torch.Tensor:
-    """GAIN's loss with public implementations' pass structure (see the module docstring); the semantics of
-    GAIN(differentiable=False) with the default masked_bn="batch", erase="mean", am_grad="all"."""
-    if (model.masked_bn, model.erase, model.am_grad) != ("batch", "mean", "all"):
-        raise ValueError("public_total implements masked_bn=batch, erase=mean, am_grad=all only")
-    clf = model.classifier
-    x, y = rt.to_device(batch["image"]), batch["label"].to(rt.device)
-    with rt.autocast():
-        feats = clf.features(x)  # (B, K, h, w)
-        logits = clf.head(feats)  # (B, C-1)
-    pair_image, pair_class = label_pairs(y)
-    rank = torch.arange(pair_image.numel(), device=x.device) - torch.searchsorted(pair_image, pair_image)
+def hooked_grad(score: torch.Tensor, feats: torch.Tensor, *, create_graph: bool, retain_graph: bool) -> tuple:
+    """torch.autograd.grad(score, feats) as public GAIN code reads it: a full backward through the network
+    (`score.backward(retain_graph=True)`; the parameter gradients it leaves are cleared by the update's
+    zero_grad) with a hook on the features catching d score / d F. Detached weights only."""
+    assert not create_graph and retain_graph, "the public pass structure has detached Grad-CAM weights"
     captured: list[torch.Tensor] = []
-    handle = feats.register_hook(captured.append)  # d score / d F, seen on the way through
-    weights = torch.zeros(pair_image.numel(), feats.shape[1], device=x.device, dtype=feats.dtype)  # (P, K)
-    for r in range(int(rank.max()) + 1 if rank.numel() else 0):
-        sel = (rank == r).nonzero(as_tuple=True)[0]
-        logits[pair_image[sel], pair_class[sel]].sum().backward(retain_graph=True)  # through the whole trunk
-        weights[sel] = captured.pop()[pair_image[sel]].mean(dim=(2, 3)).to(weights.dtype)
+    handle = feats.register_hook(captured.append)
+    score.backward(retain_graph=True)
     handle.remove()
-    clf.zero_grad(set_to_none=True)  # those .grad were only a by-product
-    with rt.autocast():
-        cam = F.relu((weights[:, :, None, None] * feats[pair_image]).sum(dim=1))  # (P, h, w)
-        lo = cam.flatten(1).min(dim=1).values[:, None, None]
-        hi = cam.flatten(1).max(dim=1).values[:, None, None]
-        attn = (cam - lo) / (hi - lo + EPS)
-        out = {"logits": logits, "attn": attn, "pair_image": pair_image, "pair_class": pair_class}
-        if pair_image.numel():
-            mask = soft_mask(attn, x.shape[-2:], sigma=model.sigma, omega=model.omega)
-            out["masked_logits"] = clf(model.erase_region(x[pair_image], mask))
-        return gain_loss(out, y, alpha=alpha)["total"]
+    return (captured[0],)
 
 
 def step_fns(trainees: dict[str, Trainee], batch: dict, p: GainParams, rt: Runtime) -> dict[str, Callable]:
-    """One full training step per variant: its loss, then fit's update."""
+    """One full training step per variant; `public` is gain_detached's with hooked_grad for Grad-CAM's."""
 
     def one(name: str, t: Trainee) -> Callable:
         if name == "public":
-            return lambda: optimizer_step(public_total(t.model, batch, rt, alpha=p.alpha), t.optimizer)
+            return lambda: public_step(t, batch, p, rt)
         return lambda: step(t, gain_step_losses, batch, p, rt=rt, mine=name != "plain")
 
     return {name: one(name, t) for name, t in trainees.items()}
+
+
+def public_step(t: Trainee, batch: dict, p: GainParams, rt: Runtime) -> None:
+    with mock.patch("torch.autograd.grad", hooked_grad):
+        step(t, gain_step_losses, batch, p, rt=rt)
 
 
 # ------------------------------------------------------------------------------------------- CRFs
