@@ -126,7 +126,6 @@ def projection(m: dict, s: dict, flops: dict, sec_crf: str, cuda: bool) -> dict:
     gsplit, gpu = project(at_321, *on_gpu(m))
     fb = {"sec_step_gpu_s": gsplit["sec"]["forward_backward"], "sec_crf_exact_gpu_s": gsplit["sec"]["crf"]}
     est = {"stage_hours": gpu, "total_hours": sum(gpu.values()), **fb, "assumed": ASSUMED}
-    est["note"] = "an estimate from FLOPs and assumptions, not a measurement"
     h, rate, full = hours if cuda else gpu, m["crf41_per_s"]["1"], m["seconds_per_image"]["crf_full"]
     need = math.ceil(PAPER["sec_batch"] / (rate * (split if cuda else gsplit)["sec"]["forward_backward"]))
     crf = {"crf41_per_s_per_process": rate, "crf_full_s_per_crf": full, "sec_processes_needed": need}
@@ -204,7 +203,10 @@ def cpu_rows(params, rt, s: dict, index, work: Path) -> dict:
     probs = np.exp(wl.random_log_probs(rng, (PAPER["classes"], *image.shape[:2])))
 
     def extract() -> None:
-        with contextlib.redirect_stdout(io.StringIO()):  # the stage's one-line summary, every round
+        with (
+            contextlib.redirect_stdout(io.StringIO()),
+            contextlib.redirect_stderr(io.StringIO()),
+        ):  # its summary, bar
             seeds_stage.run(seeds_params, index, paths=paths, rt=rt, tracker=NullRun())
 
     def attention() -> int:

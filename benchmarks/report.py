@@ -22,13 +22,8 @@ FIGURES = [  # (key, unit, what)
     ("pipeline_wall_s", "s", "default `dvc repro` from a clean copy"),
     ("noop_repro_s", "s", "no-op `dvc repro` right after"),
 ]
-PAPER_SHOWN = {
-    "voc_stage_hours",
-    "voc_paper_scale_hours",
-    "voc_step_split_s",
-    "gpu_estimate",
-    "paper_scale_run",
-}
+PAPER_SHOWN = {"voc_stage_hours", "voc_paper_scale_hours", "voc_step_split_s", "gpu_estimate", "paper_scale_run",
+               "gpu_measured", "gpu_name"}  # fmt: skip
 SHOWN = {"command", "device", "quick", "machine", "targets", *(k for k, *_ in FIGURES)}
 HOW = ("Each step costs its network FLOPs (counted; `flops`: GFLOPs of one forward pass) at the rate of the "
        "library's VGG16 steps timed here, or at the GPU rate assumed below, plus the work on its path (CRF, "

@@ -126,13 +126,15 @@ def bench_memory(params, rt, reps: Reps) -> dict:
     for v in ("plain", "gain", "public"):
         with multiprocessing.get_context("spawn").Pool(1) as child:
             out[v] = child.apply(memory_child, (params, rt, v, reps.memory_steps, torch.get_num_threads()))
-    mib = {k: v["peak_mib"] - v["baseline_mib"] for k, v in out.items()}
+    mib, method = {k: v["peak_mib"] - v["baseline_mib"] for k, v in out.items()}, out["plain"]["method"]
+    for v in out.values():
+        del v["method"]
     return {
         "memory_mib": mib,
         "gain_memory_over_plain": mib["gain"] / mib["plain"],
         "public_memory_over_plain": mib["public"] / mib["plain"],
         "memory_detail": out,
-        "memory_method": "a fresh process per variant: " + out["plain"]["method"],
+        "memory_method": "a fresh process per variant: " + method,
     }
 
 
