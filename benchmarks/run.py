@@ -74,9 +74,8 @@ def main(argv: list[str] | None = None) -> dict:
     machine, start = machine_info(torch, rt, default_threads), time.perf_counter()
     old = json.loads(path.read_text()) if (path := args.out_dir / "benchmarks.json").is_file() else {}
     if args.paper_scale:  # the default run's figures stay
-        res = {k: v for k, v in old.items() if k not in paper.KEYS} | paper.paper_scale(
-            params, rt, quick=args.quick
-        )
+        res = {k: v for k, v in old.items() if k not in paper.KEYS}
+        res |= paper.paper_scale(params, rt, quick=args.quick)
         machine["loadavg_end"] = list(os.getloadavg())
         res["paper_scale_run"] = {"command": command, "quick": args.quick, "device": rt.device.type,
                                   "machine": machine, "wall_s": time.perf_counter() - start}  # fmt: skip
