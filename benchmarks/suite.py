@@ -40,6 +40,11 @@ TARGETS = {  # figure -> (comparison, bound, what the bound stands for)
     "pipeline_wall_s": ("<", 300.0, "default `dvc repro` from a clean copy (target set for 2 CPU cores)"),
     "noop_repro_s": ("<", 5.0, "`dvc repro` with nothing to do"),
 }
+MEMORY_METHOD = {  # by device type
+    "cpu": "peak RSS (VmHWM) minus RSS after construction",
+    "cuda": "torch.cuda.max_memory_allocated over the steps minus memory_allocated before them (weights, "
+    "gradients and momentum included)",
+}
 # Repetitions per section; rounds are interleaved rounds, each running every variant once.
 Reps = namedtuple("Reps", "warmup step_rounds seed_rounds sec_rounds crf_rounds eval_rounds memory_steps")
 FULL, QUICK = Reps(5, 40, 7, 20, 9, 15, 3), Reps(1, 3, 1, 3, 2, 3, 1)
@@ -96,7 +101,7 @@ def bench_steps(params, rt, reps: Reps) -> dict:
 
 def memory_child(params, rt, variant: str, steps: int, threads: int) -> dict:
     """In a fresh process: peak memory (MiB) of `steps` training steps of one variant above the memory after
-    construction (`method`). On the CPU the RSS high-water mark is reset after freed heap went back to
+    construction (MEMORY_METHOD). On the CPU the RSS high-water mark is reset after freed heap went back to
     the system (malloc_trim), so import-time peaks and free lists hide nothing."""
     torch.set_num_threads(threads)
     seed_everything(params.seed, params.deterministic)
@@ -115,9 +120,7 @@ def memory_child(params, rt, variant: str, steps: int, threads: int) -> dict:
         fn()
     syncer(rt.device)()
     peak = torch.cuda.max_memory_allocated() / 1024 if cuda else status_kib("VmHWM")
-    method = ("torch.cuda.max_memory_allocated over the steps minus memory_allocated before them (weights, "
-              "gradients and momentum included)") if cuda else "peak RSS (VmHWM) minus RSS after construction"  # fmt: skip
-    return {"baseline_mib": before / 1024, "peak_mib": peak / 1024, "method": method}
+    return {"baseline_mib": before / 1024, "peak_mib": peak / 1024}
 
 
 def bench_memory(params, rt, reps: Reps) -> dict:
@@ -126,15 +129,13 @@ def bench_memory(params, rt, reps: Reps) -> dict:
     for v in ("plain", "gain", "public"):
         with multiprocessing.get_context("spawn").Pool(1) as child:
             out[v] = child.apply(memory_child, (params, rt, v, reps.memory_steps, torch.get_num_threads()))
-    mib, method = {k: v["peak_mib"] - v["baseline_mib"] for k, v in out.items()}, out["plain"]["method"]
-    for v in out.values():
-        del v["method"]
+    mib = {k: v["peak_mib"] - v["baseline_mib"] for k, v in out.items()}
     return {
         "memory_mib": mib,
         "gain_memory_over_plain": mib["gain"] / mib["plain"],
         "public_memory_over_plain": mib["public"] / mib["plain"],
         "memory_detail": out,
-        "memory_method": "a fresh process per variant: " + method,
+        "memory_method": "a fresh process per variant: " + MEMORY_METHOD[rt.device.type],
     }
 
 
