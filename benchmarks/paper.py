@@ -202,11 +202,8 @@ def cpu_rows(params, rt, s: dict, index, work: Path) -> dict:
     image, rng, inline = ds[0]["orig_image"], np.random.default_rng(params.seed), CRFPool(0)
     probs = np.exp(wl.random_log_probs(rng, (PAPER["classes"], *image.shape[:2])))
 
-    def extract() -> None:
-        with (
-            contextlib.redirect_stdout(io.StringIO()),
-            contextlib.redirect_stderr(io.StringIO()),
-        ):  # its summary, bar
+    def extract() -> None:  # the stage's summary line and progress bar kept out of the log, every round
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
             seeds_stage.run(seeds_params, index, paths=paths, rt=rt, tracker=NullRun())
 
     def attention() -> int:
